@@ -1,0 +1,486 @@
+"""The batch driver: shard a prompt list over worker actors and keep them all busy.
+
+Flow: validate the prompt file (nothing written on bad input) -> check/prepare the
+output directory (resume verification) -> connect to Ray -> start one actor per GPU
+-> hand out micro-batches (own shard first, then stealing), two per worker so the
+device never waits on the driver -> write each image atomically, then its manifest
+row -> summary.json and index.html.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch.config import BatchJobConfig
+from batch.outputs import (
+    SUMMARY,
+    OutputDir,
+    image_name,
+    index_width,
+    prepare_output,
+    sha256,
+    write_gallery,
+)
+from batch.prompts import PromptFile, PromptItem, read_prompt_file, warn_long_prompts
+from batch.scheduler import Unit, WorkQueue
+from ray_diffusion.generation import GenerationRequest, GenerationResult
+from ray_diffusion.seeds import image_seed
+from ray_diffusion.sharding import micro_batches
+from ray_diffusion.worker import FAKE_SCHEME
+
+logger = logging.getLogger(__name__)
+
+PRIMED_PER_WORKER = 2
+"""Units in flight per worker: one running, one queued in the actor, so it never waits."""
+
+
+@dataclass(frozen=True)
+class ImageTask:
+    """One image of the job: image ``k`` of item ``index``."""
+
+    index: int
+    k: int
+    item: PromptItem
+    file: str
+    request: GenerationRequest
+
+
+@dataclass
+class JobReport:
+    """What a job did; ``exit_code`` is what the CLI returns."""
+
+    exit_code: int
+    summary: dict[str, Any]
+    gallery: str | None
+    missing: list[int] = field(default_factory=list)
+    message: str = ""
+
+
+def build_tasks(prompt_file: PromptFile, images_per_prompt: int) -> list[ImageTask]:
+    """Expand items into image tasks (index-major, k-minor), each with its own seed."""
+    width = index_width(len(prompt_file.items))
+    tasks = []
+    for item in prompt_file.items:
+        base = item.request
+        for k in range(images_per_prompt):
+            request = base.model_copy(
+                update={"seed": image_seed(base.seed, k), "num_images": 1, "request_id": f"{item.index}/{k}"}
+            )
+            tasks.append(
+                ImageTask(item.index, k, item, image_name(item.index, k, images_per_prompt, width), request)
+            )
+    return tasks
+
+
+def fingerprint_inputs(cfg: BatchJobConfig, prompt_file: PromptFile) -> dict[str, Any]:
+    """What determines the job's images; resuming with any of it changed is refused.
+
+    Fleet shape (workers, batch size, stealing) is left out: it does not change which
+    image a (prompt, seed, params) produces.
+    """
+    w = cfg.worker
+    return {
+        "model": w.model,
+        "revision": w.revision,
+        "variant": w.variant,
+        "dtype": w.dtype,
+        "scheduler": w.scheduler,
+        "steps": cfg.steps,
+        "guidance_scale": cfg.guidance_scale,
+        "height": cfg.height,
+        "width": cfg.width,
+        "negative_prompt": cfg.negative_prompt,
+        "seed": cfg.seed,
+        "images_per_prompt": cfg.images_per_prompt,
+        "prompts_sha256": prompt_file.sha256,
+    }
+
+
+def plan_units(tasks: list[ImageTask], pending: set[int], batch_size: int) -> list[Unit]:
+    """Micro-batches on the job's global grid, keeping only pending tasks."""
+    units = []
+    for chunk in micro_batches(len(tasks), batch_size):
+        keep = tuple(t for t in chunk if t in pending)
+        if keep:
+            units.append(Unit(uid=len(units), tasks=keep))
+    return units
+
+
+def compress_ranges(indices: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    parts: list[str] = []
+    for i in sorted(set(indices)):
+        if parts and i == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{i}"
+        else:
+            parts.append(str(i))
+    return ", ".join(parts)
+
+
+def connect_ray(address: str | None) -> bool:
+    """Join the cluster (``address``, else RAY_ADDRESS) or start an embedded one; True if we started Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return True
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+        return True
+    ray.init(include_dashboard=False, log_to_driver=False)
+    return True
+
+
+@dataclass
+class FleetPlan:
+    num_workers: int
+    num_gpus: float
+    num_cpus: float
+    num_threads: int
+    notice: str = ""
+
+
+def plan_fleet(cfg: BatchJobConfig, cluster_resources: dict[str, float]) -> FleetPlan:
+    """How many workers with which resources, from the config and the cluster's totals."""
+    gpus = cluster_resources.get("GPU", 0.0)
+    cpus = cluster_resources.get("CPU", 1.0)
+    notice = ""
+    if cfg.gpus_per_worker > 0 and gpus >= cfg.gpus_per_worker:
+        n = cfg.num_workers or int(gpus // cfg.gpus_per_worker)
+        num_gpus, num_cpus = float(cfg.gpus_per_worker), 0.0
+        if n * cfg.gpus_per_worker > gpus:
+            notice = (
+                f"{n} workers x {cfg.gpus_per_worker} GPU need {n * cfg.gpus_per_worker:g} GPUs but the cluster has "
+                f"{gpus:g}; the extra workers start when GPUs are added"
+            )
+    else:
+        n = cfg.num_workers or max(1, int(cpus // 2))
+        num_gpus, num_cpus = 0.0, min(1.0, cpus / n)
+        if cfg.gpus_per_worker > 0:
+            notice = (
+                f"no GPUs in the Ray cluster: running {n} CPU worker(s) (slow). Give the cluster GPUs "
+                "(check `ray status`) or pass --gpus-per-worker 0 to silence this"
+            )
+    threads = cfg.worker.num_threads or max(1, int(cpus // n))
+    return FleetPlan(n, num_gpus, num_cpus, threads, notice)
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, n: int, alive: int) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(workers=alive, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_job(cfg: BatchJobConfig, echo: Any = print) -> JobReport:
+    """Run (or resume) a batch job; raises InputFileError/ConfigError before writing anything."""
+    t_start = time.perf_counter()
+    prompt_file = read_prompt_file(cfg.prompts, cfg.item_defaults(), cfg.seed, cfg.images_per_prompt)
+    if not cfg.model.startswith(FAKE_SCHEME):
+        warn_long_prompts(prompt_file, cfg.model)
+    tasks = build_tasks(prompt_file, cfg.images_per_prompt)
+    inputs = fingerprint_inputs(cfg, prompt_file)
+    fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+    out = OutputDir(cfg.output)
+    done = prepare_output(out, cfg.resume, fingerprint, inputs)
+    try:
+        pending = {i for i, t in enumerate(tasks) if t.file not in done}
+        units = plan_units(tasks, pending, cfg.batch_size)
+        if cfg.resume:
+            echo(f"resume: {len(tasks) - len(pending)} of {len(tasks)} images already done, {len(pending)} to generate")
+        run = _JobRun(cfg, tasks, out, units, echo) if units else None
+        stats = run.execute() if run else _RunStats()
+        rows = out.manifest_rows
+    finally:
+        out.close()
+
+    done_files = {r["file"] for r in rows}
+    missing_tasks = [t for t in tasks if t.file not in done_files]
+    failed_units = run.queue.failed if run else []
+    failed = [
+        {"index": tasks[u.tasks[0]].index, "k": tasks[u.tasks[0]].k, "errors": u.errors} for u in failed_units
+    ]
+    wall = time.perf_counter() - t_start
+    generated = stats.generated
+    gen_wall = (stats.finished_at - stats.first_ready_at) if stats.first_ready_at and stats.finished_at else 0.0
+    summary = {
+        "model": cfg.model,
+        "config_fingerprint": fingerprint,
+        "config": json.loads(cfg.model_dump_json()),
+        "items": len(prompt_file.items),
+        "images_expected": len(tasks),
+        "images_done": len(done_files),
+        "images_generated": generated,
+        "images_resumed": len(tasks) - len(pending),
+        "images_missing": len(missing_tasks),
+        "failed": failed,
+        "missing_indices": sorted({t.index for t in missing_tasks}),
+        "wall_s": wall,
+        "generation_wall_s": gen_wall,
+        "images_per_s": generated / gen_wall if gen_wall > 0 else 0.0,
+        "startup_s": (stats.first_ready_at - t_start) if stats.first_ready_at else None,
+        "ray_init_s": stats.ray_init_s,
+        "all_workers_ready_s": (stats.all_ready_at - t_start) if stats.all_ready_at else None,
+        "workers": stats.workers,
+        "num_workers": stats.num_workers,
+        "steal": cfg.steal,
+        "batch_size": cfg.batch_size,
+    }
+    out.write_json(SUMMARY, summary)
+    gallery = write_gallery(out, rows, f"ray-diffusion batch · {cfg.model}")
+    missing_idx = summary["missing_indices"]
+    if missing_idx:
+        reason = stats.stop_reason or "some items failed"
+        message = f"job incomplete: {reason}; missing item indices: {compress_ranges(missing_idx)}"
+        return JobReport(1, summary, gallery, missing_idx, message)
+    return JobReport(0, summary, gallery)
+
+
+@dataclass
+class _RunStats:
+    generated: int = 0
+    first_ready_at: float | None = None
+    all_ready_at: float | None = None
+    finished_at: float | None = None
+    ray_init_s: float = 0.0
+    num_workers: int = 0
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stop_reason: str = ""
+
+
+class _JobRun:
+    """The Ray part of a job: actors, the dispatch loop, failure handling."""
+
+    def __init__(self, cfg: BatchJobConfig, tasks: list[ImageTask], out: OutputDir, units: list[Unit], echo: Any):
+        self.cfg, self.tasks, self.out, self.units, self.echo = cfg, tasks, out, units, echo
+        self.task_by_request = {t.request.request_id: i for i, t in enumerate(tasks)}
+        self.stats = _RunStats()
+        self.queue: WorkQueue = WorkQueue([], 0)
+        self._seq = 0
+
+    def execute(self) -> _RunStats:
+        import ray
+
+        t0 = time.perf_counter()
+        started = connect_ray(self.cfg.address)
+        self.stats.ray_init_s = time.perf_counter() - t0
+        try:
+            return self._dispatch(ray)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _start_actors(self, ray: Any, plan: FleetPlan) -> list[Any]:
+        from batch.actor import BatchWorkerActor
+
+        worker_cfg = self.cfg.worker.model_copy(update={"num_threads": plan.num_threads})
+        actors = []
+        for w in range(plan.num_workers):
+            actors.append(
+                BatchWorkerActor.options(
+                    num_gpus=plan.num_gpus,
+                    num_cpus=plan.num_cpus,
+                    max_restarts=self.cfg.max_worker_restarts,
+                    max_task_retries=0,  # the driver re-queues work itself, exactly once
+                    scheduling_strategy="SPREAD",
+                ).remote(worker_cfg, f"worker-{w}")
+            )
+        return actors
+
+    def _dispatch(self, ray: Any) -> _RunStats:
+        from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+
+        try:
+            from ray.exceptions import ActorUnavailableError
+        except ImportError:  # older Ray
+            ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
+
+        cfg, st = self.cfg, self.stats
+        plan = plan_fleet(cfg, ray.cluster_resources())
+        if plan.notice:
+            self.echo(f"notice: {plan.notice}")
+        actors = self._start_actors(ray, plan)
+        n = len(actors)
+        st.num_workers = n
+        self.queue = queue = WorkQueue(self.units, n, steal=cfg.steal, max_item_retries=cfg.max_item_retries)
+        alive: set[int] = set()
+        restarts = [0] * n
+        ever_ready: set[int] = set()
+        probes: dict[Any, int] = {actors[w].ready.remote(): w for w in range(n)}
+        inflight: dict[Any, tuple[int, Unit, int]] = {}
+        worker_refs: list[deque[Any]] = [deque() for _ in range(n)]
+        per_worker = {f"worker-{w}": {"images": 0, "busy_s": 0.0, "load_s": None, "node": None, "restarts": 0} for w in range(n)}
+        st.workers = per_worker
+        last_error = ""
+        total = sum(len(u.tasks) for u in self.units)
+        progress = _Progress(total, cfg.progress)
+        waiting_since = time.monotonic()
+
+        def submit(w: int) -> None:
+            while len(worker_refs[w]) < PRIMED_PER_WORKER:
+                unit = queue.next_for(w)
+                if unit is None:
+                    return
+                requests = [self.tasks[t].request for t in unit.tasks]
+                ref = actors[w].generate.remote(requests, time.time())
+                self._seq += 1
+                inflight[ref] = (w, unit, self._seq)
+                worker_refs[w].append(ref)
+
+        def worker_lost(w: int, failed_ref: Any, reason: str) -> None:
+            alive.discard(w)
+            refs = list(worker_refs[w])
+            if failed_ref is not None and failed_ref not in refs:
+                refs.append(failed_ref)
+            worker_refs[w].clear()
+            entries = sorted((inflight.pop(r) for r in refs if r in inflight), key=lambda e: e[2])
+            for i, (_, unit, _) in enumerate(entries):
+                # Actor tasks run in order: only the oldest was running when it died.
+                if i == 0:
+                    queue.fail(unit, reason)
+                else:
+                    queue.requeue(unit)
+            queue.release_shard(w)
+            if restarts[w] < cfg.max_worker_restarts:
+                restarts[w] += 1
+                per_worker[f"worker-{w}"]["restarts"] = restarts[w]
+                probes[actors[w].ready.remote()] = w
+            for v in list(alive):
+                submit(v)
+
+        try:
+            while queue.queued() or inflight:
+                if not inflight and not probes:
+                    st.stop_reason = f"all {n} workers are gone (last error: {last_error or 'none'})"
+                    break
+                if not alive and not inflight and time.monotonic() - waiting_since > cfg.worker_start_timeout_s:
+                    st.stop_reason = (
+                        f"no worker became ready within {cfg.worker_start_timeout_s:g}s "
+                        f"(last error: {last_error or 'none'}); check `ray status` for pending actors"
+                    )
+                    break
+                refs = [*inflight, *probes]
+                ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+                if not ready:
+                    continue
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                for ref in ready:
+                    if ref in probes:
+                        w = probes.pop(ref)
+                        try:
+                            info = ray.get(ref)
+                        except (RayActorError, ActorUnavailableError, RayTaskError) as exc:
+                            last_error = _short(exc)
+                            logger.warning("worker-%d could not start: %s", w, last_error)
+                            continue
+                        alive.add(w)
+                        waiting_since = time.monotonic()
+                        rec = per_worker[f"worker-{w}"]
+                        rec["load_s"], rec["node"] = info["load_s"], info["node_id"]
+                        rec.update(device=info["device"], dtype=info["dtype"])
+                        now = time.perf_counter()
+                        st.first_ready_at = st.first_ready_at or now
+                        ever_ready.add(w)
+                        if len(ever_ready) == n:
+                            st.all_ready_at = st.all_ready_at or now
+                        submit(w)
+                        continue
+                    if ref not in inflight:
+                        continue  # already re-queued when its worker was declared lost
+                    w, unit, _ = inflight[ref]
+                    try:
+                        results = ray.get(ref)
+                    except (RayActorError, ActorUnavailableError) as exc:
+                        last_error = _short(exc)
+                        logger.warning("worker-%d died: %s", w, last_error)
+                        worker_lost(w, ref, last_error)
+                        continue
+                    except ObjectLostError as exc:
+                        inflight.pop(ref)
+                        worker_refs[w].remove(ref)
+                        queue.requeue(unit)
+                        last_error = _short(exc)
+                        submit(w)
+                        continue
+                    except RayTaskError as exc:
+                        inflight.pop(ref)
+                        worker_refs[w].remove(ref)
+                        last_error = _short(exc)
+                        logger.warning("worker-%d failed a batch: %s", w, last_error)
+                        queue.fail(unit, last_error)
+                        submit(w)
+                        for v in list(alive):
+                            submit(v)
+                        continue
+                    inflight.pop(ref)
+                    worker_refs[w].remove(ref)
+                    submit(w)  # top up before writing, so the worker never waits on our I/O
+                    written = self._write_results(results, per_worker[f"worker-{w}"])
+                    st.generated += written
+                    progress.update(written, len(alive))
+        finally:
+            progress.close()
+            st.finished_at = time.perf_counter()
+            for a in actors:
+                ray.kill(a, no_restart=True)
+        return st
+
+    def _write_results(self, results: list[GenerationResult], rec: dict[str, Any]) -> int:
+        rows = []
+        for r in results:
+            task = self.tasks[self.task_by_request[r.request_id]]
+            self.out.write_atomic(task.file, r.png)
+            rec["busy_s"] += r.timings.generate_s / r.timings.batch_images
+            rows.append(
+                {
+                    "index": task.index,
+                    "k": task.k,
+                    "id": task.item.item_id,
+                    "prompt": r.prompt,
+                    "negative_prompt": r.negative_prompt,
+                    "seed": r.seed,
+                    "steps": r.num_inference_steps,
+                    "guidance_scale": r.guidance_scale,
+                    "height": r.height,
+                    "width": r.width,
+                    "model": r.model,
+                    "scheduler": r.scheduler,
+                    "dtype": r.dtype,
+                    "file": task.file,
+                    "sha256": sha256(r.png),
+                    "worker": r.worker_id,
+                    "node": r.node_id,
+                    "timings": r.timings.model_dump(),
+                }
+            )
+        # Images are in place before their rows: a manifest row always means a complete file.
+        self.out.append_manifest(rows)
+        rec["images"] += len(rows)
+        return len(rows)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:300] if text else type(exc).__name__
