@@ -29,6 +29,16 @@ class FakeScheduler:
     """Stands in for a diffusers scheduler (only its name is used)."""
 
 
+class FakeGenerator:
+    """Stands in for ``torch.Generator`` so the fake backend never imports torch."""
+
+    def __init__(self, seed: int):
+        self._seed = seed
+
+    def initial_seed(self) -> int:
+        return self._seed
+
+
 @dataclass
 class FakeOutput:
     images: list[Any]
@@ -39,6 +49,7 @@ class FakePipeline:
 
     vae_scale_factor = 8
     default_sample_size = 8
+    generator_factory = FakeGenerator
 
     def __init__(
         self,

@@ -305,6 +305,16 @@ class DiffusionWorker:
             self._stats["requests"] += len(reqs)
         return [r for r in results if r is not None]
 
+    def _make_generator(self, seed: int) -> Any:
+        factory = getattr(self._pipe, "generator_factory", None)
+        if factory is not None:  # the fake backend runs without torch
+            return factory(seed)
+        import torch
+
+        # CPU generators: diffusers draws the noise on CPU and moves it, so a seed gives
+        # the same initial latents on every device and GPU model.
+        return torch.Generator().manual_seed(seed)
+
     def _run_call(
         self,
         batch: list[ImageJob],
@@ -312,14 +322,10 @@ class DiffusionWorker:
         submitted_at: float | None,
         should_cancel: Callable[[], bool] | None,
     ) -> list[GenerationResult]:
-        import torch
-
         first = batch[0]
         started = time.time()
         queue_s = max(0.0, started - submitted_at) if submitted_at is not None else 0.0
-        # CPU generators: diffusers draws the noise on CPU and moves it, so a seed gives
-        # the same initial latents on every device and GPU model.
-        generators = [torch.Generator().manual_seed(job.seed) for job in batch]
+        generators = [self._make_generator(job.seed) for job in batch]
         cancelled_at: list[int] = []
 
         def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
@@ -348,6 +354,8 @@ class DiffusionWorker:
             self._stats["failures"] += 1
             self._consecutive_failures += 1
             if _is_oom(exc):
+                import torch
+
                 logger.warning("worker %s: out of memory on a batch of %d images", self.worker_id, len(batch))
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

@@ -116,3 +116,14 @@ def test_derive_seed_is_pinned():
 def test_frozen_config_parse_returns_subclass():
     assert isinstance(WorkerConfig.parse({"model": "m"}), WorkerConfig)
     assert issubclass(WorkerConfig, FrozenConfig)
+
+
+def test_readme_documents_every_config_field():
+    from pathlib import Path
+
+    from batch.config import BatchJobConfig
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    fields = set(WorkerConfig.model_fields) | (set(BatchJobConfig.model_fields) - {"worker"})
+    missing = sorted(f for f in fields if f"`{f}`" not in readme and f"`{f}`," not in readme)
+    assert missing == []
