@@ -13,13 +13,9 @@ from typing import Any
 
 from pydantic import field_validator
 
-from ray_diffusion.config import FrozenConfig, WorkerConfig
+from ray_diffusion.config import FrozenConfig, WorkerConfig, split_worker_keys
 from ray_diffusion.errors import ConfigError
 from ray_diffusion.generation import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, GenerationRequest
-
-# Flat keys that belong to the worker config (everything else is the job's).
-WORKER_KEYS = frozenset(WorkerConfig.model_fields) - {"max_batch_size", "num_gpus"}
-
 
 class BatchJobConfig(FrozenConfig):
     """A prompt-list job: inputs, outputs, generation parameters, fleet shape."""
@@ -109,23 +105,10 @@ class BatchJobConfig(FrozenConfig):
     @classmethod
     def from_flat(cls, values: Mapping[str, Any]) -> "BatchJobConfig":
         """Build from flat keys (CLI/YAML); worker keys are nested under ``worker``."""
-        job: dict[str, Any] = {}
-        worker: dict[str, Any] = {}
-        for key, value in values.items():
-            if key == "worker" and isinstance(value, Mapping):
-                worker.update(value)
-            elif key in WORKER_KEYS:
-                worker[key] = value
-            else:
-                job[key] = value
-        # The worker's batch size and GPU count are the job's, never set twice.
-        worker["max_batch_size"] = job.get("batch_size", cls.model_fields["batch_size"].default)
-        worker["num_gpus"] = job.get("gpus_per_worker", cls.model_fields["gpus_per_worker"].default)
-        try:
-            worker_cfg = WorkerConfig.parse(worker)
-        except ConfigError as exc:
-            raise ConfigError(str(exc)) from None
-        cfg = cls.parse({**job, "worker": worker_cfg})
+        shared = {"batch_size": "max_batch_size", "gpus_per_worker": "num_gpus"}
+        defaults = {k: cls.model_fields[k].default for k in shared}
+        job, worker = split_worker_keys(values, shared, defaults)
+        cfg = cls.parse({**job, "worker": worker})
         for field in ("prompts", "output"):
             if not getattr(cfg, field):
                 raise ConfigError(f"{field}: required, e.g. --{field} {'prompts.txt' if field == 'prompts' else 'out/'}")

@@ -98,3 +98,26 @@ class WorkerConfig(FrozenConfig):
         if not v.strip():
             raise ValueError("must be a hub id or a local directory, e.g. stable-diffusion-v1-5/stable-diffusion-v1-5")
         return v
+
+
+def split_worker_keys(
+    values: Mapping[str, Any], shared: Mapping[str, str], own_defaults: Mapping[str, Any]
+) -> tuple[dict[str, Any], WorkerConfig]:
+    """Split a front end's flat keys (CLI, YAML, Serve args) into its own keys and a WorkerConfig.
+
+    ``shared`` maps a front-end key to the worker field it also sets (e.g. batch's
+    ``batch_size`` -> ``max_batch_size``), so one value is never configured twice;
+    ``own_defaults`` gives those keys' defaults. A nested ``worker`` mapping is accepted too.
+    """
+    own: dict[str, Any] = {}
+    worker: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "worker" and isinstance(value, Mapping):
+            worker.update(value)
+        elif key in WorkerConfig.model_fields and key not in shared.values():
+            worker[key] = value
+        else:
+            own[key] = value
+    for key, field in shared.items():
+        worker[field] = own.get(key, own_defaults[key])
+    return own, WorkerConfig.parse(worker)  # type: ignore[return-value]
