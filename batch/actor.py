@@ -44,7 +44,7 @@ class BatchWorkerActor:
 
     def ready(self) -> dict[str, Any]:
         """The worker's description once its model is loaded."""
-        return {**self.worker.describe(), "load_s": self.worker.stats()["load_s"]}
+        return self.worker.describe()
 
     def generate(self, requests: list[GenerationRequest], submitted_at: float | None = None) -> list[GenerationResult]:
         t0 = time.perf_counter()

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fleet = p.add_argument_group("cluster and scheduling")
     fleet.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else an embedded local Ray)")
+    fleet.add_argument("--serve-app", help="use the model replicas of this running Serve app instead of own actors")
     fleet.add_argument("--num-workers", type=int, help="worker actors (default: one per GPU; CPU workers if none)")
     fleet.add_argument("--gpus-per-worker", type=int, help="GPUs per worker; >1 uses device_map='balanced'; 0 = CPU")
     fleet.add_argument("--batch-size", type=int, help="images per pipeline call (default 4)")
@@ -110,6 +111,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("workers", str(summary["num_workers"])),
     ]
     for wid, rec in sorted(summary["workers"].items()):
+        if not rec["images"] and rec.get("load_s") is None:
+            continue
         load = f"{rec['load_s']:.1f}s" if rec.get("load_s") is not None else "-"
         rows.append((f"  {wid}", f"{rec['images']} images, busy {rec['busy_s']:.1f}s, load {load}, "
                                  f"restarts {rec.get('restarts', 0)}"))

@@ -26,6 +26,8 @@ class BatchJobConfig(FrozenConfig):
     """Output directory, local path or fsspec URL (e.g. s3://bucket/run1)."""
     address: str | None = None
     """Ray cluster to join ("auto", ray://...); None = RAY_ADDRESS if set, else an embedded local Ray."""
+    serve_app: str | None = None
+    """Send micro-batches to this running Serve app's model deployment instead of starting actors."""
     num_workers: int | None = None
     """Worker actors; None = one per gpus_per_worker GPUs in the cluster (CPU workers if it has none)."""
     gpus_per_worker: int = 1

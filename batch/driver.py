@@ -31,6 +31,7 @@ from batch.outputs import (
 )
 from batch.prompts import PromptFile, PromptItem, read_prompt_file, warn_long_prompts
 from batch.scheduler import Unit, WorkQueue
+from ray_diffusion.errors import ConfigError
 from ray_diffusion.generation import GenerationRequest, GenerationResult
 from ray_diffusion.seeds import image_seed
 from ray_diffusion.sharding import micro_batches
@@ -245,6 +246,8 @@ def run_job(cfg: BatchJobConfig, echo: Any = print) -> JobReport:
         "all_workers_ready_s": (stats.all_ready_at - t_start) if stats.all_ready_at else None,
         "workers": stats.workers,
         "num_workers": stats.num_workers,
+        "worker_restarts": stats.restarts,
+        "serve_app": cfg.serve_app,
         "steal": cfg.steal,
         "batch_size": cfg.batch_size,
     }
@@ -267,7 +270,81 @@ class _RunStats:
     ray_init_s: float = 0.0
     num_workers: int = 0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    restarts: int = 0
     stop_reason: str = ""
+
+
+class ActorFleet:
+    """Worker slots backed by our own actors, one per GPU (or per k GPUs)."""
+
+    def __init__(self, cfg: BatchJobConfig, ray: Any, echo: Any):
+        from batch.actor import BatchWorkerActor
+
+        self.ray = ray
+        plan = plan_fleet(cfg, ray.cluster_resources())
+        if plan.notice:
+            echo(f"notice: {plan.notice}")
+        worker_cfg = cfg.worker.model_copy(update={"num_threads": plan.num_threads})
+        self.actors = [
+            BatchWorkerActor.options(
+                num_gpus=plan.num_gpus,
+                num_cpus=plan.num_cpus,
+                max_restarts=cfg.max_worker_restarts,
+                max_task_retries=0,  # the driver re-queues work itself, exactly once
+                scheduling_strategy="SPREAD",
+            ).remote(worker_cfg, f"worker-{w}")
+            for w in range(plan.num_workers)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def ready(self, w: int) -> Any:
+        return self.actors[w].ready.remote()
+
+    def submit(self, w: int, requests: list[GenerationRequest], submitted_at: float) -> Any:
+        return self.actors[w].generate.remote(requests, submitted_at)
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+
+
+class ServeFleet:
+    """Worker slots that send micro-batches to a running Serve app's model deployment.
+
+    One slot per running replica; Serve routes each call to a replica, so online
+    traffic and batch jobs share one GPU fleet. Replicas belong to Serve, not to us.
+    """
+
+    def __init__(self, app_name: str, ray: Any, echo: Any):
+        from ray import serve
+
+        from serve_app.app import MODEL_DEPLOYMENT
+
+        try:
+            status = serve.status().applications[app_name]
+        except KeyError:
+            raise ConfigError(f"serve_app: no Serve application named {app_name!r} is running; see `serve status`") from None
+        deployment = status.deployments.get(MODEL_DEPLOYMENT)
+        if deployment is None:
+            raise ConfigError(f"serve_app: application {app_name!r} has no {MODEL_DEPLOYMENT} deployment")
+        replicas = sum(deployment.replica_states.get(state, 0) for state in ("RUNNING",))
+        self.slots = max(1, replicas)
+        self.handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app_name)
+        echo(f"sending micro-batches to Serve app {app_name!r} ({self.slots} replica(s))")
+
+    def __len__(self) -> int:
+        return self.slots
+
+    def ready(self, w: int) -> Any:
+        return self.handle.describe.remote()._to_object_ref_sync()
+
+    def submit(self, w: int, requests: list[GenerationRequest], submitted_at: float) -> Any:
+        return self.handle.generate_micro_batch.remote(requests)._to_object_ref_sync()
+
+    def close(self) -> None:
+        pass
 
 
 class _JobRun:
@@ -292,23 +369,6 @@ class _JobRun:
             if started:
                 ray.shutdown()
 
-    def _start_actors(self, ray: Any, plan: FleetPlan) -> list[Any]:
-        from batch.actor import BatchWorkerActor
-
-        worker_cfg = self.cfg.worker.model_copy(update={"num_threads": plan.num_threads})
-        actors = []
-        for w in range(plan.num_workers):
-            actors.append(
-                BatchWorkerActor.options(
-                    num_gpus=plan.num_gpus,
-                    num_cpus=plan.num_cpus,
-                    max_restarts=self.cfg.max_worker_restarts,
-                    max_task_retries=0,  # the driver re-queues work itself, exactly once
-                    scheduling_strategy="SPREAD",
-                ).remote(worker_cfg, f"worker-{w}")
-            )
-        return actors
-
     def _dispatch(self, ray: Any) -> _RunStats:
         from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
@@ -318,21 +378,25 @@ class _JobRun:
             ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
         cfg, st = self.cfg, self.stats
-        plan = plan_fleet(cfg, ray.cluster_resources())
-        if plan.notice:
-            self.echo(f"notice: {plan.notice}")
-        actors = self._start_actors(ray, plan)
-        n = len(actors)
+        fleet = ServeFleet(cfg.serve_app, ray, self.echo) if cfg.serve_app else ActorFleet(cfg, ray, self.echo)
+        n = len(fleet)
         st.num_workers = n
         self.queue = queue = WorkQueue(self.units, n, steal=cfg.steal, max_item_retries=cfg.max_item_retries)
         alive: set[int] = set()
         restarts = [0] * n
         ever_ready: set[int] = set()
-        probes: dict[Any, int] = {actors[w].ready.remote(): w for w in range(n)}
+        probes: dict[Any, int] = {fleet.ready(w): w for w in range(n)}
         inflight: dict[Any, tuple[int, Unit, int]] = {}
         worker_refs: list[deque[Any]] = [deque() for _ in range(n)]
-        per_worker = {f"worker-{w}": {"images": 0, "busy_s": 0.0, "load_s": None, "node": None, "restarts": 0} for w in range(n)}
+        # Keyed by the worker's own id (actor or Serve replica), filled as they report.
+        per_worker: dict[str, dict[str, Any]] = {}
         st.workers = per_worker
+
+        def record(worker_id: str) -> dict[str, Any]:
+            return per_worker.setdefault(
+                worker_id, {"images": 0, "busy_s": 0.0, "load_s": None, "node": None, "restarts": 0}
+            )
+
         last_error = ""
         total = sum(len(u.tasks) for u in self.units)
         progress = _Progress(total, cfg.progress)
@@ -344,7 +408,7 @@ class _JobRun:
                 if unit is None:
                     return
                 requests = [self.tasks[t].request for t in unit.tasks]
-                ref = actors[w].generate.remote(requests, time.time())
+                ref = fleet.submit(w, requests, time.time())
                 self._seq += 1
                 inflight[ref] = (w, unit, self._seq)
                 worker_refs[w].append(ref)
@@ -365,8 +429,8 @@ class _JobRun:
             queue.release_shard(w)
             if restarts[w] < cfg.max_worker_restarts:
                 restarts[w] += 1
-                per_worker[f"worker-{w}"]["restarts"] = restarts[w]
-                probes[actors[w].ready.remote()] = w
+                st.restarts += 1
+                probes[fleet.ready(w)] = w
             for v in list(alive):
                 submit(v)
 
@@ -397,8 +461,10 @@ class _JobRun:
                             continue
                         alive.add(w)
                         waiting_since = time.monotonic()
-                        rec = per_worker[f"worker-{w}"]
-                        rec["load_s"], rec["node"] = info["load_s"], info["node_id"]
+                        rec = record(info["worker_id"])
+                        if rec["load_s"] is not None:
+                            rec["restarts"] += 1
+                        rec["load_s"], rec["node"] = info.get("load_s"), info["node_id"]
                         rec.update(device=info["device"], dtype=info["dtype"])
                         now = time.perf_counter()
                         st.first_ready_at = st.first_ready_at or now
@@ -437,22 +503,23 @@ class _JobRun:
                     inflight.pop(ref)
                     worker_refs[w].remove(ref)
                     submit(w)  # top up before writing, so the worker never waits on our I/O
-                    written = self._write_results(results, per_worker[f"worker-{w}"])
+                    written = self._write_results(results, record)
                     st.generated += written
                     progress.update(written, len(alive))
         finally:
             progress.close()
             st.finished_at = time.perf_counter()
-            for a in actors:
-                ray.kill(a, no_restart=True)
+            fleet.close()
         return st
 
-    def _write_results(self, results: list[GenerationResult], rec: dict[str, Any]) -> int:
+    def _write_results(self, results: list[GenerationResult], record: Any) -> int:
         rows = []
         for r in results:
             task = self.tasks[self.task_by_request[r.request_id]]
             self.out.write_atomic(task.file, r.png)
+            rec = record(r.worker_id)
             rec["busy_s"] += r.timings.generate_s / r.timings.batch_images
+            rec["images"] += 1
             rows.append(
                 {
                     "index": task.index,
@@ -477,7 +544,6 @@ class _JobRun:
             )
         # Images are in place before their rows: a manifest row always means a complete file.
         self.out.append_manifest(rows)
-        rec["images"] += len(rows)
         return len(rows)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     connect_ray(args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(cfg), name=args.name, route_prefix="/")
-    print(f"serving {cfg.served_model_name} at http://{args.host}:{args.port}/ (playground) — Ctrl-C to stop")
     try:
-        serve.run(build_app(cfg), name=args.name, route_prefix="/", blocking=True)
+        serve.run(build_app(cfg), name=args.name, route_prefix="/")  # returns once the app is RUNNING
+        print(f"serving {cfg.served_model_name} at http://{args.host}:{args.port}/ (playground) — Ctrl-C to stop",
+              flush=True)
+        threading.Event().wait()
     except KeyboardInterrupt:
         pass
     finally:

@@ -12,6 +12,7 @@ Query parameters (all optional):
 - ``crash_on``: a prompt containing this text kills the worker process (os._exit),
   as a segfaulting CUDA kernel would.
 - ``fail_on``: a prompt containing this text raises RuntimeError (a recoverable error).
+- ``load_s``: seconds the model load takes (to observe a replica that is not ready yet).
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ class FakePipeline:
     def from_url(cls, url: str, worker_id: str = "") -> "FakePipeline":
         """Build from a ``fake://?key=value`` model id (see module docstring)."""
         query = {k: v[-1] for k, v in parse_qs(urlsplit(url).query).items()}
-        known = {"latency_s", "per_image_s", "slow_worker", "slow_factor", "crash_on", "fail_on"}
+        known = {"latency_s", "per_image_s", "slow_worker", "slow_factor", "crash_on", "fail_on", "load_s"}
         unknown = set(query) - known
         if unknown:
             raise ConfigError(f"model: unknown fake backend parameter(s) {sorted(unknown)}; known: {sorted(known)}")
         try:
+            load_s = float(query.get("load_s", 0.0))
             slow = float(query.get("slow_factor", 1.0)) if query.get("slow_worker") == worker_id else 1.0
-            return cls(
+            pipe = cls(
                 latency_s=float(query.get("latency_s", 0.01)),
                 per_image_s=float(query.get("per_image_s", 0.0)),
                 slow_factor=slow,
@@ -86,6 +88,9 @@ class FakePipeline:
             )
         except ValueError as exc:
             raise ConfigError(f"model: bad fake backend parameter in {url!r}: {exc}") from None
+        if load_s > 0:
+            time.sleep(load_s)  # simulated weight loading
+        return pipe
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         pass
