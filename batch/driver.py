@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 PRIMED_PER_WORKER = 2
 """Units in flight per worker: one running, one queued in the actor, so it never waits."""
+PROBE_RETRY_S = 1.0
+"""How often to ask a restarting worker whether it is back."""
 
 
 @dataclass(frozen=True)
@@ -386,6 +388,7 @@ class _JobRun:
         restarts = [0] * n
         ever_ready: set[int] = set()
         probes: dict[Any, int] = {fleet.ready(w): w for w in range(n)}
+        deferred: list[tuple[float, int]] = []
         inflight: dict[Any, tuple[int, Unit, int]] = {}
         worker_refs: list[deque[Any]] = [deque() for _ in range(n)]
         # Keyed by the worker's own id (actor or Serve replica), filled as they report.
@@ -427,6 +430,9 @@ class _JobRun:
                 else:
                     queue.requeue(unit)
             queue.release_shard(w)
+            if not alive:
+                nonlocal waiting_since
+                waiting_since = time.monotonic()  # the start timeout now covers the restarts
             if restarts[w] < cfg.max_worker_restarts:
                 restarts[w] += 1
                 st.restarts += 1
@@ -436,7 +442,11 @@ class _JobRun:
 
         try:
             while queue.queued() or inflight:
-                if not inflight and not probes:
+                now = time.monotonic()
+                for item in [d for d in deferred if d[0] <= now]:
+                    deferred.remove(item)
+                    probes[fleet.ready(item[1])] = item[1]
+                if not inflight and not probes and not deferred:
                     st.stop_reason = f"all {n} workers are gone (last error: {last_error or 'none'})"
                     break
                 if not alive and not inflight and time.monotonic() - waiting_since > cfg.worker_start_timeout_s:
@@ -446,6 +456,9 @@ class _JobRun:
                     )
                     break
                 refs = [*inflight, *probes]
+                if not refs:
+                    time.sleep(PROBE_RETRY_S / 4)  # only deferred probes are left
+                    continue
                 ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
                 if not ready:
                     continue
@@ -455,7 +468,12 @@ class _JobRun:
                         w = probes.pop(ref)
                         try:
                             info = ray.get(ref)
-                        except (RayActorError, ActorUnavailableError, RayTaskError) as exc:
+                        except ActorUnavailableError as exc:
+                            # Restarting (e.g. waiting for a node to host it): ask again shortly.
+                            last_error = _short(exc)
+                            deferred.append((time.monotonic() + PROBE_RETRY_S, w))
+                            continue
+                        except (RayActorError, RayTaskError) as exc:
                             last_error = _short(exc)
                             logger.warning("worker-%d could not start: %s", w, last_error)
                             continue
@@ -465,7 +483,8 @@ class _JobRun:
                         if rec["load_s"] is not None:
                             rec["restarts"] += 1
                         rec["load_s"], rec["node"] = info.get("load_s"), info["node_id"]
-                        rec.update(device=info["device"], dtype=info["dtype"])
+                        rec.update(device=info["device"], dtype=info["dtype"], notes=info.get("placement_notes", []),
+                                   visible_gpus=info.get("visible_gpus"))
                         now = time.perf_counter()
                         st.first_ready_at = st.first_ready_at or now
                         ever_ready.add(w)

@@ -62,3 +62,26 @@ def ray_shared():
         yield DEFAULT_RAY_RESOURCES
     finally:
         ray.shutdown()
+
+
+@pytest.fixture
+def ray_cluster(request: pytest.FixtureRequest):
+    """A multi-node cluster on one machine: a head without GPUs plus GPU worker nodes.
+
+    Parametrize indirectly with ``{"workers": 2, "gpus": 2}``; yields the Cluster so
+    tests can add and remove nodes.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    spec = {"workers": 2, "gpus": 2, **(getattr(request, "param", None) or {})}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    for _ in range(spec["workers"]):
+        cluster.add_node(num_cpus=1, num_gpus=spec["gpus"])
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

@@ -272,6 +272,8 @@ class DiffusionWorker:
             "device": (p.device_map or p.device) if p else None,
             "device_map": p.device_map if p else None,
             "native_size": list(self.native_size),
+            "placement_notes": list(p.notes) if p else [],
+            "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "load_s": self._load_s,
             "worker_id": self.worker_id,
             "node_id": self.node_id,

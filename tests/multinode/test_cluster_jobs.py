@@ -1,0 +1,139 @@
+"""Batch jobs on a ray.cluster_utils.Cluster: a head without GPUs plus GPU worker nodes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from batch.config import BatchJobConfig
+from batch.driver import run_job
+from tests.support import wait_for_condition
+
+
+def rows_of(out: Path) -> list[dict]:
+    path = out / "manifest.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_complete(out: Path, n: int) -> list[dict]:
+    rows = rows_of(out)
+    files = [r["file"] for r in rows]
+    assert len(files) == len(set(files)) == n
+    assert sorted(r["index"] for r in rows) == list(range(n))
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(f).name for f in files)
+    return rows
+
+
+def job(prompts: Path, out: Path, **kw) -> BatchJobConfig:
+    return BatchJobConfig.from_flat({"prompts": str(prompts), "output": str(out), "progress": False, **kw})
+
+
+def worker_nodes(cluster) -> set[str]:
+    return {n.node_id for n in cluster.worker_nodes}
+
+
+def test_one_actor_per_gpu_spread_over_nodes_identical_to_single_node(ray_cluster, tiny_model_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"multi-node prompt {i}" for i in range(12)) + "\n")
+    common = {"model": str(tiny_model_dir), "steps": 2, "batch_size": 1, "num_threads": 1, "seed": 11}
+    report = run_job(job(prompts, tmp_path / "multi", **common), echo=lambda *_: None)
+    assert report.exit_code == 0
+    summary = report.summary
+    assert summary["num_workers"] == 4  # 2 nodes x 2 logical GPUs, none on the GPU-less head
+    assert {w["node"] for w in summary["workers"].values()} == worker_nodes(ray_cluster)
+    for w in summary["workers"].values():
+        assert w["visible_gpus"] is not None and len(w["visible_gpus"].split(",")) == 1
+    rows = assert_complete(tmp_path / "multi", 12)
+    assert {r["node"] for r in rows} <= worker_nodes(ray_cluster)
+
+    single = run_job(job(prompts, tmp_path / "single", num_workers=1, **common), echo=lambda *_: None)
+    assert single.exit_code == 0
+    assert len({w["node"] for w in single.summary["workers"].values()}) == 1
+    images = lambda d: {p.name: p.read_bytes() for p in (tmp_path / d / "images").iterdir()}  # noqa: E731
+    assert images("multi") == images("single")
+
+
+def test_two_gpus_per_worker_places_one_actor_per_node_on_the_device_map_path(ray_cluster, tiny_model_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\nc\nd\n")
+    report = run_job(job(prompts, tmp_path / "o", model=str(tiny_model_dir), steps=2, gpus_per_worker=2),
+                     echo=lambda *_: None)
+    assert report.exit_code == 0
+    workers = list(report.summary["workers"].values())
+    assert report.summary["num_workers"] == 2
+    assert {w["node"] for w in workers} == worker_nodes(ray_cluster)  # one per node
+    for w in workers:
+        assert len(w["visible_gpus"].split(",")) == 2  # the actor owns both GPUs of its node
+        # no CUDA here: the balanced device map was planned, then fell back to CPU, and said so
+        assert w["device"] == "cpu"
+        assert any("device_map='balanced' over 2 GPUs" in note for note in w["notes"])
+    assert_complete(tmp_path / "o", 4)
+
+
+def run_in_thread(cfg: BatchJobConfig) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def target():
+        try:
+            box["report"] = run_job(cfg, echo=lambda *_: None)
+        except BaseException as exc:  # surfaced by the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, box
+
+
+@pytest.mark.slow
+def test_removing_a_node_mid_job_loses_nothing_and_a_new_node_is_used(ray_cluster, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"p{i}" for i in range(160)) + "\n")
+    out = tmp_path / "o"
+    cfg = job(prompts, out, model="fake://?latency_s=0.15", batch_size=1, max_worker_restarts=5)
+    t, box = run_in_thread(cfg)
+    wait_for_condition(lambda: len(rows_of(out)) >= 10, timeout=120, message="job under way")
+    victim = ray_cluster.worker_nodes and sorted(ray_cluster.worker_nodes, key=lambda n: n.node_id)[0]
+    ray_cluster.remove_node(victim)
+    fresh = ray_cluster.add_node(num_cpus=1, num_gpus=2)
+    t.join(timeout=300)
+    assert not t.is_alive() and "error" not in box, box.get("error")
+    report = box["report"]
+    assert report.exit_code == 0, report.message
+    rows = assert_complete(out, 160)
+    assert report.summary["worker_restarts"] >= 1
+    # the restarted workers landed on the node that joined mid-job and did work there
+    assert fresh.node_id in {r["node"] for r in rows}
+
+
+@pytest.mark.slow
+def test_all_workers_gone_exits_nonzero_then_resume_completes(ray_cluster, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"p{i}" for i in range(120)) + "\n")
+    out = tmp_path / "o"
+    cfg = job(prompts, out, model="fake://?latency_s=0.1", batch_size=1, worker_start_timeout_s=5)
+    t, box = run_in_thread(cfg)
+    wait_for_condition(lambda: len(rows_of(out)) >= 5, timeout=120, message="job under way")
+    for node in list(ray_cluster.worker_nodes):
+        ray_cluster.remove_node(node)
+    t.join(timeout=300)
+    assert not t.is_alive() and "error" not in box, box.get("error")
+    report = box["report"]
+    assert report.exit_code == 1
+    done = {r["index"] for r in rows_of(out)}
+    assert 5 <= len(done) < 120
+    assert report.missing == sorted(set(range(120)) - done)
+    assert "missing item indices" in report.message
+    # the manifest is consistent: every row's file is there, and nothing else
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(r["file"]).name for r in rows_of(out))
+
+    ray_cluster.add_node(num_cpus=1, num_gpus=2)
+    resumed = run_job(job(prompts, out, model="fake://?latency_s=0.1", batch_size=1, resume=True),
+                      echo=lambda *_: None)
+    assert resumed.exit_code == 0
+    assert resumed.summary["images_generated"] == 120 - len(done)
+    assert_complete(out, 120)
