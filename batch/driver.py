@@ -153,18 +153,24 @@ class FleetPlan:
     notice: str = ""
 
 
-def plan_fleet(cfg: BatchJobConfig, cluster_resources: dict[str, float]) -> FleetPlan:
-    """How many workers with which resources, from the config and the cluster's totals."""
+def plan_fleet(cfg: BatchJobConfig, cluster_resources: dict[str, float], can_autoscale: bool = False) -> FleetPlan:
+    """How many workers with which resources, from the config and the cluster's totals.
+
+    On a cluster we joined (which may autoscale), an explicit ``num_workers`` asks for
+    GPU workers even if no GPU node is up yet, so the autoscaler adds them; otherwise a
+    cluster without GPUs gets CPU workers.
+    """
     gpus = cluster_resources.get("GPU", 0.0)
     cpus = cluster_resources.get("CPU", 1.0)
     notice = ""
-    if cfg.gpus_per_worker > 0 and gpus >= cfg.gpus_per_worker:
+    wants_gpus = cfg.gpus_per_worker > 0 and (gpus >= cfg.gpus_per_worker or (cfg.num_workers and can_autoscale))
+    if wants_gpus:
         n = cfg.num_workers or int(gpus // cfg.gpus_per_worker)
         num_gpus, num_cpus = float(cfg.gpus_per_worker), 0.0
         if n * cfg.gpus_per_worker > gpus:
             notice = (
                 f"{n} workers x {cfg.gpus_per_worker} GPU need {n * cfg.gpus_per_worker:g} GPUs but the cluster has "
-                f"{gpus:g}; the extra workers start when GPUs are added"
+                f"{gpus:g} now; the extra workers start when the autoscaler adds GPU nodes"
             )
     else:
         n = cfg.num_workers or max(1, int(cpus // 2))
@@ -228,7 +234,15 @@ def run_job(cfg: BatchJobConfig, echo: Any = print) -> JobReport:
     wall = time.perf_counter() - t_start
     generated = stats.generated
     gen_wall = (stats.finished_at - stats.first_ready_at) if stats.first_ready_at and stats.finished_at else 0.0
+    steady = (
+        stats.last_call_end_at - stats.first_call_at if stats.first_call_at and stats.last_call_end_at else 0.0
+    )
+    busy = [w["busy_s"] for w in stats.workers.values() if w["images"]]
+    compute_mean = sum(busy) / max(1, stats.num_workers)
+    import resource
+
     summary = {
+        "started_at": time.time() - wall,
         "model": cfg.model,
         "config_fingerprint": fingerprint,
         "config": json.loads(cfg.model_dump_json()),
@@ -243,6 +257,11 @@ def run_job(cfg: BatchJobConfig, echo: Any = print) -> JobReport:
         "wall_s": wall,
         "generation_wall_s": gen_wall,
         "images_per_s": generated / gen_wall if gen_wall > 0 else 0.0,
+        "steady_state_s": steady,
+        "steady_images_per_s": generated / steady if steady > 0 else 0.0,
+        "compute_s_mean": compute_mean,
+        "overhead_pct": 100.0 * (steady - compute_mean) / steady if steady > 0 else 0.0,
+        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "startup_s": (stats.first_ready_at - t_start) if stats.first_ready_at else None,
         "ray_init_s": stats.ray_init_s,
         "all_workers_ready_s": (stats.all_ready_at - t_start) if stats.all_ready_at else None,
@@ -273,17 +292,19 @@ class _RunStats:
     num_workers: int = 0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     restarts: int = 0
+    first_call_at: float | None = None
+    last_call_end_at: float | None = None
     stop_reason: str = ""
 
 
 class ActorFleet:
     """Worker slots backed by our own actors, one per GPU (or per k GPUs)."""
 
-    def __init__(self, cfg: BatchJobConfig, ray: Any, echo: Any):
+    def __init__(self, cfg: BatchJobConfig, ray: Any, echo: Any, can_autoscale: bool = False):
         from batch.actor import BatchWorkerActor
 
         self.ray = ray
-        plan = plan_fleet(cfg, ray.cluster_resources())
+        plan = plan_fleet(cfg, ray.cluster_resources(), can_autoscale)
         if plan.notice:
             echo(f"notice: {plan.notice}")
         worker_cfg = cfg.worker.model_copy(update={"num_threads": plan.num_threads})
@@ -306,6 +327,9 @@ class ActorFleet:
 
     def submit(self, w: int, requests: list[GenerationRequest], submitted_at: float) -> Any:
         return self.actors[w].generate.remote(requests, submitted_at)
+
+    def stats(self, w: int) -> Any:
+        return self.actors[w].stats.remote()
 
     def close(self) -> None:
         for actor in self.actors:
@@ -345,6 +369,9 @@ class ServeFleet:
     def submit(self, w: int, requests: list[GenerationRequest], submitted_at: float) -> Any:
         return self.handle.generate_micro_batch.remote(requests)._to_object_ref_sync()
 
+    def stats(self, w: int) -> Any:
+        return self.handle.stats.remote()._to_object_ref_sync()
+
     def close(self) -> None:
         pass
 
@@ -366,12 +393,12 @@ class _JobRun:
         started = connect_ray(self.cfg.address)
         self.stats.ray_init_s = time.perf_counter() - t0
         try:
-            return self._dispatch(ray)
+            return self._dispatch(ray, can_autoscale=not started or bool(self.cfg.address or os.environ.get("RAY_ADDRESS")))
         finally:
             if started:
                 ray.shutdown()
 
-    def _dispatch(self, ray: Any) -> _RunStats:
+    def _dispatch(self, ray: Any, can_autoscale: bool) -> _RunStats:
         from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
         try:
@@ -380,7 +407,11 @@ class _JobRun:
             ActorUnavailableError = RayActorError  # type: ignore[misc,assignment]
 
         cfg, st = self.cfg, self.stats
-        fleet = ServeFleet(cfg.serve_app, ray, self.echo) if cfg.serve_app else ActorFleet(cfg, ray, self.echo)
+        fleet = (
+            ServeFleet(cfg.serve_app, ray, self.echo)
+            if cfg.serve_app
+            else ActorFleet(cfg, ray, self.echo, can_autoscale)
+        )
         n = len(fleet)
         st.num_workers = n
         self.queue = queue = WorkQueue(self.units, n, steal=cfg.steal, max_item_retries=cfg.max_item_retries)
@@ -528,6 +559,12 @@ class _JobRun:
         finally:
             progress.close()
             st.finished_at = time.perf_counter()
+            for w in sorted(alive):  # peak memory of the workers still up
+                try:
+                    stats = ray.get(fleet.stats(w), timeout=10)
+                    record(stats["worker_id"])["peak_rss_mb"] = stats["peak_rss_mb"]
+                except Exception:  # a worker dying at the very end only costs us the number
+                    pass
             fleet.close()
         return st
 
@@ -539,6 +576,10 @@ class _JobRun:
             rec = record(r.worker_id)
             rec["busy_s"] += r.timings.generate_s / r.timings.batch_images
             rec["images"] += 1
+            st = self.stats
+            end = r.timings.started_at + r.timings.generate_s
+            st.first_call_at = min(st.first_call_at or r.timings.started_at, r.timings.started_at)
+            st.last_call_end_at = max(st.last_call_end_at or end, end)
             rows.append(
                 {
                     "index": task.index,

@@ -99,6 +99,8 @@ class Timings(BaseModel):
 
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
+    started_at: float = 0.0
+    """Epoch seconds when the pipeline call that produced this image started."""
     queue_s: float = 0.0
     """From the caller's submit time (if given) until the worker started the call."""
     load_s: float = 0.0

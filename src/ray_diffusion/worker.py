@@ -254,8 +254,11 @@ class DiffusionWorker:
 
     def stats(self) -> dict[str, Any]:
         """Counters since load: pipeline calls, images, requests, busy seconds, failures."""
+        import resource
+
         return {
             **self._stats,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "load_s": self._load_s,
             "consecutive_failures": self._consecutive_failures,
             "worker_id": self.worker_id,
@@ -397,6 +400,7 @@ class DiffusionWorker:
                     worker_id=self.worker_id,
                     node_id=self.node_id,
                     timings=Timings(
+                        started_at=started,
                         queue_s=queue_s,
                         load_s=self._load_s,
                         generate_s=generate_s,

@@ -59,19 +59,30 @@ def test_one_actor_per_gpu_spread_over_nodes_identical_to_single_node(ray_cluste
 
 
 def test_two_gpus_per_worker_places_one_actor_per_node_on_the_device_map_path(ray_cluster, tiny_model_dir, tmp_path):
+    import ray
+
+    from batch.driver import ActorFleet
+
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\nd\n")
-    report = run_job(job(prompts, tmp_path / "o", model=str(tiny_model_dir), steps=2, gpus_per_worker=2),
-                     echo=lambda *_: None)
-    assert report.exit_code == 0
-    workers = list(report.summary["workers"].values())
-    assert report.summary["num_workers"] == 2
-    assert {w["node"] for w in workers} == worker_nodes(ray_cluster)  # one per node
-    for w in workers:
-        assert len(w["visible_gpus"].split(",")) == 2  # the actor owns both GPUs of its node
+    cfg = job(prompts, tmp_path / "o", model=str(tiny_model_dir), steps=2, gpus_per_worker=2)
+    # The job's own fleet, waited on until every worker is up (a job may finish before a
+    # slow starter reports, so placement is checked here rather than from the summary).
+    fleet = ActorFleet(cfg, ray, echo=lambda *_: None)
+    try:
+        infos = ray.get([fleet.ready(w) for w in range(len(fleet))], timeout=300)
+    finally:
+        fleet.close()
+    assert len(infos) == 2
+    assert {i["node_id"] for i in infos} == worker_nodes(ray_cluster)  # one per node
+    for info in infos:
+        assert len(info["visible_gpus"].split(",")) == 2  # the actor owns both GPUs of its node
         # no CUDA here: the balanced device map was planned, then fell back to CPU, and said so
-        assert w["device"] == "cpu"
-        assert any("device_map='balanced' over 2 GPUs" in note for note in w["notes"])
+        assert info["device"] == "cpu"
+        assert any("device_map='balanced' over 2 GPUs" in note for note in info["placement_notes"])
+
+    report = run_job(cfg, echo=lambda *_: None)
+    assert report.exit_code == 0 and report.summary["num_workers"] == 2
     assert_complete(tmp_path / "o", 4)
 
 

@@ -85,6 +85,11 @@ def test_plan_fleet_one_worker_per_gpu_and_cpu_fallback():
     assert plan_fleet(two, {"GPU": 4, "CPU": 8}).num_workers == 2
     cpu = plan_fleet(cfg, {"CPU": 4})
     assert (cpu.num_workers, cpu.num_gpus) == (2, 0.0) and "no GPUs" in cpu.notice
+    # a joined cluster with an explicit worker count asks for GPUs and lets the autoscaler add them
+    four = BatchJobConfig.from_flat({"prompts": "p", "output": "o", "num_workers": 4})
+    scaled = plan_fleet(four, {"CPU": 4}, can_autoscale=True)
+    assert (scaled.num_workers, scaled.num_gpus) == (4, 1.0) and "autoscaler" in scaled.notice
+    assert plan_fleet(four, {"CPU": 4}, can_autoscale=False).num_gpus == 0.0
     silent = plan_fleet(BatchJobConfig.from_flat({"prompts": "p", "output": "o", "gpus_per_worker": 0}), {"CPU": 4})
     assert silent.notice == ""
     assert two.worker.num_gpus == 2

@@ -1,0 +1,100 @@
+"""Benchmark 2: scaling to 64 simulated GPUs with the fake backend (fixed latency per batch).
+
+A ray.cluster_utils.Cluster of up to 8 nodes x 8 logical GPUs; N workers each get
+``--per-worker`` micro-batches (weak scaling), so the ideal job takes per_worker x latency
+at every N. Efficiency = X_N / (N * X_1) with X = images / steady-state seconds.
+
+    python -m bench.bench_scaling [--per-worker 300 --latency 0.1]   # >= 30 s per point
+    python -m bench.bench_scaling --per-worker 50                    # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from bench.common import plot_path, prompt_file, save, table
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_scaling", description=__doc__.splitlines()[0])
+    p.add_argument("--workers", default="1,2,4,8,16,32,64")
+    p.add_argument("--per-worker", type=int, default=300, help="micro-batches per worker")
+    p.add_argument("--latency", type=float, default=0.1, help="seconds per micro-batch")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    args = p.parse_args(argv)
+    counts = [int(x) for x in args.workers.split(",")]
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from batch.config import BatchJobConfig
+    from batch.driver import run_job
+
+    nodes = math.ceil(max(counts) / args.gpus_per_node)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    for _ in range(nodes):
+        # Logical CPUs only: the fake backend sleeps, so workers need no real cores.
+        cluster.add_node(num_cpus=args.gpus_per_node, num_gpus=args.gpus_per_node)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    rows: list[dict[str, Any]] = []
+    try:
+        for n in counts:
+            prompts = prompt_file(n * args.per_worker, name="scaling")
+            out = f"/tmp/rd-bench-scaling-{n}"
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+            cfg = BatchJobConfig.from_flat({
+                "model": f"fake://?latency_s={args.latency}", "prompts": str(prompts), "output": out,
+                "num_workers": n, "batch_size": 1, "height": 8, "width": 8, "steps": 1, "progress": False,
+            })
+            report = run_job(cfg, echo=lambda *_: None)
+            s = report.summary
+            rows.append({
+                "workers": n, "images": s["images_generated"], "steady_s": s["steady_state_s"],
+                "images_per_s": s["steady_images_per_s"], "ideal_s": args.per_worker * args.latency,
+                "overhead_pct": s["overhead_pct"], "driver_rss_mb": s["driver_peak_rss_mb"],
+            })
+            shutil.rmtree(out, ignore_errors=True)
+            x1 = rows[0]["images_per_s"] / rows[0]["workers"]
+            rows[-1]["efficiency"] = rows[-1]["images_per_s"] / (n * x1)
+            print(f"N={n}: {rows[-1]['images_per_s']:.1f} img/s, efficiency {rows[-1]['efficiency']:.3f}", flush=True)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print(table(rows, ["workers", "images", "ideal_s", "steady_s", "images_per_s", "efficiency", "overhead_pct",
+                       "driver_rss_mb"]))
+    path = save("scaling", {"args": vars(args), "rows": rows})
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    ns = [r["workers"] for r in rows]
+    a.plot(ns, [r["images_per_s"] for r in rows], "o-", label="measured")
+    a.plot(ns, [n * rows[0]["images_per_s"] for n in ns], "--", label="linear")
+    a.set_xscale("log", base=2)
+    a.set_xlabel("workers (simulated GPUs)")
+    a.set_ylabel("images/s")
+    a.legend()
+    b.plot(ns, [r["efficiency"] for r in rows], "o-")
+    b.axhline(0.97, color="grey", ls=":", label="target 0.97")
+    b.set_xscale("log", base=2)
+    b.set_ylim(0.5, 1.05)
+    b.set_xlabel("workers")
+    b.set_ylabel("efficiency X_N / (N X_1)")
+    b.legend()
+    fig.suptitle(f"fake backend, {args.latency * 1000:.0f} ms per batch, {args.per_worker} batches per worker")
+    fig.tight_layout()
+    fig.savefig(plot_path("scaling"), dpi=110)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
