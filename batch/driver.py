@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 PRIMED_PER_WORKER = 2
 """Units in flight per worker: one running, one queued in the actor, so it never waits."""
+IMAGE_WRITER_THREADS = 4
+"""Threads writing images while the loop keeps dispatching."""
 PROBE_RETRY_S = 1.0
 """How often to ask a restarting worker whether it is back."""
 
@@ -259,6 +262,13 @@ def run_job(cfg: BatchJobConfig, echo: Any = print) -> JobReport:
         "images_per_s": generated / gen_wall if gen_wall > 0 else 0.0,
         "steady_state_s": steady,
         "steady_images_per_s": generated / steady if steady > 0 else 0.0,
+        # Throughput once the whole fleet is up: what N workers sustain, without the
+        # start-up stagger of their processes (which the steady-state window includes).
+        "full_fleet_images_per_s": (
+            stats.images_after_all_ready / (stats.last_call_end_at - stats.all_ready_epoch)
+            if stats.all_ready_epoch and stats.last_call_end_at and stats.last_call_end_at > stats.all_ready_epoch
+            else 0.0
+        ),
         "compute_s_mean": compute_mean,
         "overhead_pct": 100.0 * (steady - compute_mean) / steady if steady > 0 else 0.0,
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -294,6 +304,8 @@ class _RunStats:
     restarts: int = 0
     first_call_at: float | None = None
     last_call_end_at: float | None = None
+    all_ready_epoch: float | None = None
+    images_after_all_ready: int = 0
     stop_reason: str = ""
 
 
@@ -385,6 +397,8 @@ class _JobRun:
         self.stats = _RunStats()
         self.queue: WorkQueue = WorkQueue([], 0)
         self._seq = 0
+        self._writer = ThreadPoolExecutor(max_workers=IMAGE_WRITER_THREADS, thread_name_prefix="image-writer")
+        self._writes: list[tuple[Future[None], dict[str, Any]]] = []
 
     def execute(self) -> _RunStats:
         import ray
@@ -393,7 +407,8 @@ class _JobRun:
         started = connect_ray(self.cfg.address)
         self.stats.ray_init_s = time.perf_counter() - t0
         try:
-            return self._dispatch(ray, can_autoscale=not started or bool(self.cfg.address or os.environ.get("RAY_ADDRESS")))
+            with self._writer:
+                return self._dispatch(ray, can_autoscale=not started or bool(self.cfg.address or os.environ.get("RAY_ADDRESS")))
         finally:
             if started:
                 ray.shutdown()
@@ -519,8 +534,9 @@ class _JobRun:
                         now = time.perf_counter()
                         st.first_ready_at = st.first_ready_at or now
                         ever_ready.add(w)
-                        if len(ever_ready) == n:
-                            st.all_ready_at = st.all_ready_at or now
+                        if len(ever_ready) == n and st.all_ready_at is None:
+                            st.all_ready_at = now
+                            st.all_ready_epoch = time.time()
                         submit(w)
                         continue
                     if ref not in inflight:
@@ -553,10 +569,12 @@ class _JobRun:
                     inflight.pop(ref)
                     worker_refs[w].remove(ref)
                     submit(w)  # top up before writing, so the worker never waits on our I/O
-                    written = self._write_results(results, record)
-                    st.generated += written
-                    progress.update(written, len(alive))
+                    self._write_results(results, record)
+                written = self._commit_written(wait=False)
+                st.generated += written
+                progress.update(written, len(alive))
         finally:
+            st.generated += self._commit_written(wait=True)
             progress.close()
             st.finished_at = time.perf_counter()
             for w in sorted(alive):  # peak memory of the workers still up
@@ -568,11 +586,28 @@ class _JobRun:
             fleet.close()
         return st
 
-    def _write_results(self, results: list[GenerationResult], record: Any) -> int:
-        rows = []
+    def _commit_written(self, wait: bool) -> int:
+        """Append the manifest rows of images whose write finished; return how many.
+
+        Only this (the loop's) thread touches the manifest, and only after the image's
+        rename, so a row always means a complete file.
+        """
+        rows, still = [], []
+        for future, row in self._writes:
+            if wait or future.done():
+                future.result()  # a failed write (disk full...) stops the job loudly
+                rows.append(row)
+            else:
+                still.append((future, row))
+        self._writes = still
+        self.out.append_manifest(rows)
+        return len(rows)
+
+    def _write_results(self, results: list[GenerationResult], record: Any) -> None:
         for r in results:
             task = self.tasks[self.task_by_request[r.request_id]]
-            self.out.write_atomic(task.file, r.png)
+            # File I/O releases the GIL: a few writer threads overlap it with dispatching.
+            future = self._writer.submit(self.out.write_atomic, task.file, r.png)
             rec = record(r.worker_id)
             rec["busy_s"] += r.timings.generate_s / r.timings.batch_images
             rec["images"] += 1
@@ -580,8 +615,9 @@ class _JobRun:
             end = r.timings.started_at + r.timings.generate_s
             st.first_call_at = min(st.first_call_at or r.timings.started_at, r.timings.started_at)
             st.last_call_end_at = max(st.last_call_end_at or end, end)
-            rows.append(
-                {
+            if st.all_ready_epoch is not None and r.timings.started_at >= st.all_ready_epoch:
+                st.images_after_all_ready += 1
+            self._writes.append((future, {
                     "index": task.index,
                     "k": task.k,
                     "id": task.item.item_id,
@@ -600,11 +636,7 @@ class _JobRun:
                     "worker": r.worker_id,
                     "node": r.node_id,
                     "timings": r.timings.model_dump(),
-                }
-            )
-        # Images are in place before their rows: a manifest row always means a complete file.
-        self.out.append_manifest(rows)
-        return len(rows)
+                }))
 
 
 def _short(exc: BaseException) -> str:

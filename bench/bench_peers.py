@@ -33,7 +33,9 @@ def run_peer(mode: str, model: Path, prompts: Path, workers: int, args: argparse
               "--out", str(out), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
               "--size", str(args.size), "--threads", str(args.threads)]
     if mode == "accelerate":
-        cmd = [str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", str(workers), "--num_machines", "1",
+        # `--cpu --num_processes N` silently runs ONE process in accelerate 1.16 (multi-CPU needs
+        # mpirun); `--multi_gpu` launches N torchrun ranks, and PartialState(cpu=True) uses gloo.
+        cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(workers), "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", *common]
     elif mode == "torchrun":
         cmd = [str(BIN / "torchrun"), "--nproc_per_node", str(workers), "--master_port", str(29500 + os.getpid() % 1000),

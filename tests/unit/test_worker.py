@@ -214,3 +214,13 @@ def test_expand_and_plan_calls_are_pure():
     assert [(j.request_pos, j.k, j.seed) for j in jobs] == [(0, 0, 1), (0, 1, 2), (0, 2, 3), (1, 0, 2), (2, 0, 3)]
     assert plan_calls(jobs, 2) == [[0, 1], [2, 4], [3]]
     assert plan_calls(jobs, 8) == [[0, 1, 2, 4], [3]]
+
+
+def test_bench_preset_loads_and_renders_native_size(tmp_path):
+    from ray_diffusion.tiny import build_tiny_pipeline
+
+    path = build_tiny_pipeline(tmp_path / "bench", preset="bench", seed=0)
+    w = DiffusionWorker({"model": str(path), "num_threads": 1})
+    w.load()
+    assert w.describe()["native_size"] == [64, 64]
+    assert w.generate([req("x", 1)])[0].width == 64
