@@ -260,6 +260,8 @@ def run_job(cfg: BatchJobConfig, echo: Any = print) -> JobReport:
         "wall_s": wall,
         "generation_wall_s": gen_wall,
         "images_per_s": generated / gen_wall if gen_wall > 0 else 0.0,
+        "first_call_at": stats.first_call_at,
+        "last_call_end_at": stats.last_call_end_at,
         "steady_state_s": steady,
         "steady_images_per_s": generated / steady if steady > 0 else 0.0,
         # Throughput once the whole fleet is up: what N workers sustain, without the
@@ -406,9 +408,11 @@ class _JobRun:
         t0 = time.perf_counter()
         started = connect_ray(self.cfg.address)
         self.stats.ray_init_s = time.perf_counter() - t0
+        # Only a cluster we joined can grow; an embedded local Ray is what it is.
+        can_autoscale = not started or bool(self.cfg.address or os.environ.get("RAY_ADDRESS"))
         try:
             with self._writer:
-                return self._dispatch(ray, can_autoscale=not started or bool(self.cfg.address or os.environ.get("RAY_ADDRESS")))
+                return self._dispatch(ray, can_autoscale)
         finally:
             if started:
                 ray.shutdown()

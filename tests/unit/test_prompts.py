@@ -84,3 +84,19 @@ def test_long_prompt_is_a_warning_not_an_error(tiny_model_dir):
     warnings = warn_long_prompts(pf, str(tiny_model_dir))
     assert len(warnings) == 1 and warnings[0].startswith("p.txt:2: prompt is ")
     assert len(pf.items) == 2
+
+
+def test_prompt_file_from_an_fsspec_url():
+    import fsspec
+
+    from batch.prompts import read_prompt_file
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/prompts-url-test/p.jsonl", b'{"prompt": "from a URL", "seed": 3}\n')
+    try:
+        pf = read_prompt_file("memory://prompts-url-test/p.jsonl", DEFAULTS, job_seed=0)
+        assert [(i.request.prompt, i.request.seed) for i in pf.items] == [("from a URL", 3)]
+        with pytest.raises(InputFileError, match="file not found"):
+            read_prompt_file("memory://prompts-url-test/missing.txt", DEFAULTS, job_seed=0)
+    finally:
+        fs.rm("/prompts-url-test", recursive=True)
