@@ -53,3 +53,34 @@ def assert_images_close(a: bytes, b: bytes) -> None:
     diff = np.abs(pa - pb)
     assert diff.max() <= MAX_LEVEL_DIFF, f"max level difference {diff.max()}"
     assert (diff > 0).mean() <= MAX_FLIPPED_FRACTION, f"{(diff > 0).mean():.4%} of values differ"
+
+
+def manifest_rows(out) -> list[dict]:
+    """Rows of a batch job's manifest.jsonl ([] before the job wrote one)."""
+    import json
+    from pathlib import Path
+
+    path = Path(out) / "manifest.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_outputs_complete(out, indices, per_prompt: int = 1) -> list[dict]:
+    """Exactly one image file and one manifest row per expected image, nothing else in images/."""
+    from pathlib import Path
+
+    rows = manifest_rows(out)
+    files = [r["file"] for r in rows]
+    assert len(files) == len(set(files)), "duplicate manifest rows"
+    assert sorted(r["index"] for r in rows) == sorted(i for i in indices for _ in range(per_prompt))
+    # no temp files, nothing unlisted
+    assert sorted(p.name for p in (Path(out) / "images").iterdir()) == sorted(Path(f).name for f in files)
+    return rows
+
+
+def batch_config(prompts, out, **kw):
+    """A BatchJobConfig for tests: no progress bar, flat keys as on the CLI."""
+    from batch.config import BatchJobConfig
+
+    return BatchJobConfig.from_flat({"prompts": str(prompts), "output": str(out), "progress": False, **kw})

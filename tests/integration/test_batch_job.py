@@ -14,13 +14,9 @@ import pytest
 from batch.cli import main
 from batch.config import BatchJobConfig
 from batch.driver import run_job
-from tests.support import assert_images_close, wait_for_condition
+from tests.support import assert_images_close, assert_outputs_complete, manifest_rows as rows_of, wait_for_condition
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def rows_of(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line.strip()]
 
 
 def images_of(out: Path) -> dict[str, bytes]:
@@ -28,12 +24,7 @@ def images_of(out: Path) -> dict[str, bytes]:
 
 
 def assert_exactly_once(out: Path, num_items: int, per_prompt: int = 1) -> None:
-    rows = rows_of(out)
-    files = [r["file"] for r in rows]
-    assert len(files) == len(set(files)) == num_items * per_prompt
-    assert sorted({r["index"] for r in rows}) == list(range(num_items))
-    on_disk = sorted(p.name for p in (out / "images").iterdir())
-    assert on_disk == sorted(Path(f).name for f in files)  # no temp files, nothing unlisted
+    assert_outputs_complete(out, range(num_items), per_prompt)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,15 @@ import json
 import os
 import signal
 import threading
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from batch.config import BatchJobConfig
 from batch.driver import run_job
+from tests.support import assert_outputs_complete as assert_complete
+from tests.support import batch_config as job
+from tests.support import manifest_rows as rows_of
 from tests.support import wait_for_condition
 
 
@@ -24,23 +25,6 @@ def processes(pattern: str) -> list[psutil.Process]:
         if pattern in cmd and p.pid != os.getpid():
             found.append(p)
     return found
-
-
-def rows_of(out: Path) -> list[dict]:
-    path = out / "manifest.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-
-
-def assert_complete(out: Path, indices: list[int]) -> None:
-    rows = rows_of(out)
-    files = [r["file"] for r in rows]
-    assert len(files) == len(set(files))
-    assert sorted(r["index"] for r in rows) == indices
-    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(f).name for f in files)
-
-
-def job(prompts: Path, out: Path, **kw) -> BatchJobConfig:
-    return BatchJobConfig.from_flat({"prompts": str(prompts), "output": str(out), "progress": False, **kw})
 
 
 def test_killing_one_of_four_workers_mid_job_loses_nothing(ray_start, tiny_model_dir, tmp_path):

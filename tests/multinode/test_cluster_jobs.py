@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -10,27 +9,10 @@ import pytest
 
 from batch.config import BatchJobConfig
 from batch.driver import run_job
+from tests.support import assert_outputs_complete
+from tests.support import batch_config as job
+from tests.support import manifest_rows as rows_of
 from tests.support import wait_for_condition
-
-
-def rows_of(out: Path) -> list[dict]:
-    path = out / "manifest.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def assert_complete(out: Path, n: int) -> list[dict]:
-    rows = rows_of(out)
-    files = [r["file"] for r in rows]
-    assert len(files) == len(set(files)) == n
-    assert sorted(r["index"] for r in rows) == list(range(n))
-    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(Path(f).name for f in files)
-    return rows
-
-
-def job(prompts: Path, out: Path, **kw) -> BatchJobConfig:
-    return BatchJobConfig.from_flat({"prompts": str(prompts), "output": str(out), "progress": False, **kw})
 
 
 def worker_nodes(cluster) -> set[str]:
@@ -48,7 +30,7 @@ def test_one_actor_per_gpu_spread_over_nodes_identical_to_single_node(ray_cluste
     assert {w["node"] for w in summary["workers"].values()} == worker_nodes(ray_cluster)
     for w in summary["workers"].values():
         assert w["visible_gpus"] is not None and len(w["visible_gpus"].split(",")) == 1
-    rows = assert_complete(tmp_path / "multi", 12)
+    rows = assert_outputs_complete(tmp_path / "multi", range(12))
     assert {r["node"] for r in rows} <= worker_nodes(ray_cluster)
 
     single = run_job(job(prompts, tmp_path / "single", num_workers=1, **common), echo=lambda *_: None)
@@ -83,7 +65,7 @@ def test_two_gpus_per_worker_places_one_actor_per_node_on_the_device_map_path(ra
 
     report = run_job(cfg, echo=lambda *_: None)
     assert report.exit_code == 0 and report.summary["num_workers"] == 2
-    assert_complete(tmp_path / "o", 4)
+    assert_outputs_complete(tmp_path / "o", range(4))
 
 
 def run_in_thread(cfg: BatchJobConfig) -> tuple[threading.Thread, dict]:
@@ -115,7 +97,7 @@ def test_removing_a_node_mid_job_loses_nothing_and_a_new_node_is_used(ray_cluste
     assert not t.is_alive() and "error" not in box, box.get("error")
     report = box["report"]
     assert report.exit_code == 0, report.message
-    rows = assert_complete(out, 160)
+    rows = assert_outputs_complete(out, range(160))
     assert report.summary["worker_restarts"] >= 1
     # the restarted workers landed on the node that joined mid-job and did work there
     assert fresh.node_id in {r["node"] for r in rows}
@@ -147,4 +129,4 @@ def test_all_workers_gone_exits_nonzero_then_resume_completes(ray_cluster, tmp_p
                       echo=lambda *_: None)
     assert resumed.exit_code == 0
     assert resumed.summary["images_generated"] == 120 - len(done)
-    assert_complete(out, 120)
+    assert_outputs_complete(out, range(120))
