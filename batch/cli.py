@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument("--gpus-per-worker", type=int, help="GPUs per worker; >1 uses device_map='balanced'; 0 = CPU")
     fleet.add_argument("--batch-size", type=int, help="images per pipeline call (default 4)")
     fleet.add_argument("--no-steal", dest="steal", action="store_false", help="static split only, no work stealing")
+    fleet.add_argument("--call-target-s", type=float,
+                       help="group fast micro-batches into worker calls of about this many seconds (default 2; 0 = off)")
     fleet.add_argument("--max-item-retries", type=int, help="retries of a failing item before it is reported (default 2)")
     fleet.add_argument("--max-worker-restarts", type=int, help="restarts of a crashed worker actor (default 3)")
     fleet.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

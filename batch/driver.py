@@ -2,8 +2,9 @@
 
 Flow: validate the prompt file (nothing written on bad input) -> check/prepare the
 output directory (resume verification) -> connect to Ray -> start one actor per GPU
--> hand out micro-batches (own shard first, then stealing), two per worker so the
-device never waits on the driver -> write each image atomically, then its manifest
+-> hand out micro-batches (own shard first, then stealing), two calls in flight per
+worker so the device never waits on the driver; when micro-batches are fast, one call
+carries several (``call_target_s``) -> write each image atomically, then its manifest
 row -> summary.json and index.html.
 """
 
@@ -31,7 +32,7 @@ from batch.outputs import (
     write_gallery,
 )
 from batch.prompts import PromptFile, PromptItem, read_prompt_file, warn_long_prompts
-from batch.scheduler import Unit, WorkQueue
+from batch.scheduler import Unit, WorkQueue, group_limit
 from ray_diffusion.errors import ConfigError
 from ray_diffusion.generation import GenerationRequest, GenerationResult
 from ray_diffusion.seeds import image_seed
@@ -46,6 +47,8 @@ IMAGE_WRITER_THREADS = 4
 """Threads writing images while the loop keeps dispatching."""
 PROBE_RETRY_S = 1.0
 """How often to ask a restarting worker whether it is back."""
+MAX_GROUP = 32
+"""Most micro-batches in one actor call (see ``BatchJobConfig.call_target_s``)."""
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,7 @@ def run_job(cfg: BatchJobConfig, echo: Any = print) -> JobReport:
         "workers": stats.workers,
         "num_workers": stats.num_workers,
         "worker_restarts": stats.restarts,
+        "worker_calls": stats.calls,
         "serve_app": cfg.serve_app,
         "steal": cfg.steal,
         "batch_size": cfg.batch_size,
@@ -304,6 +308,7 @@ class _RunStats:
     num_workers: int = 0
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     restarts: int = 0
+    calls: int = 0
     first_call_at: float | None = None
     last_call_end_at: float | None = None
     all_ready_epoch: float | None = None
@@ -322,6 +327,7 @@ class ActorFleet:
         if plan.notice:
             echo(f"notice: {plan.notice}")
         worker_cfg = cfg.worker.model_copy(update={"num_threads": plan.num_threads})
+        self.max_group = MAX_GROUP
         self.actors = [
             BatchWorkerActor.options(
                 num_gpus=plan.num_gpus,
@@ -339,8 +345,11 @@ class ActorFleet:
     def ready(self, w: int) -> Any:
         return self.actors[w].ready.remote()
 
-    def submit(self, w: int, requests: list[GenerationRequest], submitted_at: float) -> Any:
-        return self.actors[w].generate.remote(requests, submitted_at)
+    def submit(self, w: int, units: list[list[GenerationRequest]], submitted_at: float) -> Any:
+        return self.actors[w].generate_units.remote(units, submitted_at)
+
+    def outcomes(self, value: Any) -> list[list[GenerationResult] | str]:
+        return value
 
     def stats(self, w: int) -> Any:
         return self.actors[w].stats.remote()
@@ -371,6 +380,7 @@ class ServeFleet:
             raise ConfigError(f"serve_app: application {app_name!r} has no {MODEL_DEPLOYMENT} deployment")
         replicas = sum(deployment.replica_states.get(state, 0) for state in ("RUNNING",))
         self.slots = max(1, replicas)
+        self.max_group = 1
         self.handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=app_name)
         echo(f"sending micro-batches to Serve app {app_name!r} ({self.slots} replica(s))")
 
@@ -380,8 +390,12 @@ class ServeFleet:
     def ready(self, w: int) -> Any:
         return self.handle.describe.remote()._to_object_ref_sync()
 
-    def submit(self, w: int, requests: list[GenerationRequest], submitted_at: float) -> Any:
+    def submit(self, w: int, units: list[list[GenerationRequest]], submitted_at: float) -> Any:
+        (requests,) = units  # max_group = 1: Serve routes each call to a replica on its own
         return self.handle.generate_micro_batch.remote(requests)._to_object_ref_sync()
+
+    def outcomes(self, value: Any) -> list[list[GenerationResult] | str]:
+        return [value]
 
     def stats(self, w: int) -> Any:
         return self.handle.stats.remote()._to_object_ref_sync()
@@ -399,6 +413,7 @@ class _JobRun:
         self.stats = _RunStats()
         self.queue: WorkQueue = WorkQueue([], 0)
         self._seq = 0
+        self._unit_s: dict[int, float] = {}
         self._writer = ThreadPoolExecutor(max_workers=IMAGE_WRITER_THREADS, thread_name_prefix="image-writer")
         self._writes: list[tuple[Future[None], dict[str, Any]]] = []
 
@@ -439,7 +454,7 @@ class _JobRun:
         ever_ready: set[int] = set()
         probes: dict[Any, int] = {fleet.ready(w): w for w in range(n)}
         deferred: list[tuple[float, int]] = []
-        inflight: dict[Any, tuple[int, Unit, int]] = {}
+        inflight: dict[Any, tuple[int, list[Unit], int]] = {}
         worker_refs: list[deque[Any]] = [deque() for _ in range(n)]
         # Keyed by the worker's own id (actor or Serve replica), filled as they report.
         per_worker: dict[str, dict[str, Any]] = {}
@@ -457,13 +472,13 @@ class _JobRun:
 
         def submit(w: int) -> None:
             while len(worker_refs[w]) < PRIMED_PER_WORKER:
-                unit = queue.next_for(w)
-                if unit is None:
+                group = queue.next_group(w, self._group_limit(w, fleet.max_group, len(alive)))
+                if not group:
                     return
-                requests = [self.tasks[t].request for t in unit.tasks]
+                requests = [[self.tasks[t].request for t in unit.tasks] for unit in group]
                 ref = fleet.submit(w, requests, time.time())
                 self._seq += 1
-                inflight[ref] = (w, unit, self._seq)
+                inflight[ref] = (w, group, self._seq)
                 worker_refs[w].append(ref)
 
         def worker_lost(w: int, failed_ref: Any, reason: str) -> None:
@@ -473,12 +488,18 @@ class _JobRun:
                 refs.append(failed_ref)
             worker_refs[w].clear()
             entries = sorted((inflight.pop(r) for r in refs if r in inflight), key=lambda e: e[2])
-            for i, (_, unit, _) in enumerate(entries):
-                # Actor tasks run in order: only the oldest was running when it died.
-                if i == 0:
-                    queue.fail(unit, reason)
+            for i, (_, group, _) in enumerate(entries):
+                # Actor tasks run in order: only the oldest call was running when it died.
+                if i > 0:
+                    for unit in group:
+                        queue.requeue(unit)
+                elif len(group) == 1:
+                    queue.fail(group[0], reason)
                 else:
-                    queue.requeue(unit)
+                    # Which of its micro-batches crashed it is unknown: each reruns alone,
+                    # where a crash is charged to the one that caused it.
+                    for unit in group:
+                        queue.requeue(unit, isolate=True)
             queue.release_shard(w)
             if not alive:
                 nonlocal waiting_since
@@ -545,9 +566,9 @@ class _JobRun:
                         continue
                     if ref not in inflight:
                         continue  # already re-queued when its worker was declared lost
-                    w, unit, _ = inflight[ref]
+                    w, group, _ = inflight[ref]
                     try:
-                        results = ray.get(ref)
+                        outcomes = fleet.outcomes(ray.get(ref))
                     except (RayActorError, ActorUnavailableError) as exc:
                         last_error = _short(exc)
                         logger.warning("worker-%d died: %s", w, last_error)
@@ -556,24 +577,31 @@ class _JobRun:
                     except ObjectLostError as exc:
                         inflight.pop(ref)
                         worker_refs[w].remove(ref)
-                        queue.requeue(unit)
+                        for unit in group:
+                            queue.requeue(unit)
                         last_error = _short(exc)
                         submit(w)
                         continue
                     except RayTaskError as exc:
-                        inflight.pop(ref)
-                        worker_refs[w].remove(ref)
-                        last_error = _short(exc)
-                        logger.warning("worker-%d failed a batch: %s", w, last_error)
-                        queue.fail(unit, last_error)
-                        submit(w)
-                        for v in list(alive):
-                            submit(v)
-                        continue
+                        outcomes = [_short(exc)] * len(group)
                     inflight.pop(ref)
                     worker_refs[w].remove(ref)
+                    st.calls += 1
+                    self._time_units(w, outcomes)
+                    failures = 0
+                    for unit, outcome in zip(group, outcomes, strict=True):
+                        if isinstance(outcome, str):
+                            last_error = outcome
+                            logger.warning("worker-%d failed a batch: %s", w, outcome)
+                            queue.fail(unit, outcome)
+                            failures += 1
                     submit(w)  # top up before writing, so the worker never waits on our I/O
-                    self._write_results(results, record)
+                    if failures:
+                        for v in list(alive):  # re-queued work may go to any idle worker
+                            submit(v)
+                    for outcome in outcomes:
+                        if not isinstance(outcome, str):
+                            self._write_results(outcome, record)
                 written = self._commit_written(wait=False)
                 st.generated += written
                 progress.update(written, len(alive))
@@ -589,6 +617,20 @@ class _JobRun:
                     pass
             fleet.close()
         return st
+
+    def _group_limit(self, w: int, max_group: int, alive: int) -> int:
+        return group_limit(self.cfg.call_target_s, self._unit_s.get(w), max_group, self.queue.queued(), alive,
+                           PRIMED_PER_WORKER)
+
+    def _time_units(self, w: int, outcomes: list[Any]) -> None:
+        """Smoothed seconds per micro-batch (one pipeline call) of worker ``w``: a slow
+        worker gets smaller groups, so every call lasts about ``call_target_s``."""
+        for outcome in outcomes:
+            if isinstance(outcome, str) or not outcome:
+                continue
+            unit_s = outcome[0].timings.generate_s
+            prev = self._unit_s.get(w)
+            self._unit_s[w] = unit_s if prev is None else 0.8 * prev + 0.2 * unit_s
 
     def _commit_written(self, wait: bool) -> int:
         """Append the manifest rows of images whose write finished; return how many.

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests-per-level", type=int, default=96)
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the model replica")
+    p.add_argument("--paired", type=int, default=60, help="interleaved direct/HTTP requests for the overhead")
+    p.add_argument("--rounds", type=int, default=1, help="passes over both batch sizes (order alternates)")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     model = tiny_model("tiny")
@@ -86,13 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 
     direct = DiffusionWorker({"model": str(model), "num_threads": args.threads, "max_batch_size": 1})
     direct.load()
-    direct_lat = []
-    for i in range(40):
-        t0 = time.perf_counter()
-        direct.generate([GenerationRequest(prompt=BODY["prompt"], seed=i, num_inference_steps=4, height=64, width=64)])
-        direct_lat.append(time.perf_counter() - t0)
-    direct_p50 = 1000 * statistics.median(direct_lat[5:])
 
+    import httpx
     import ray
     from ray import serve
 
@@ -103,11 +100,55 @@ def main(argv: list[str] | None = None) -> int:
         port = s.getsockname()[1]
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    class Floor:
+        """The least a Serve HTTP request costs here: proxy, one replica, no FastAPI, no work."""
+
+        async def __call__(self, request: Any) -> str:
+            return "ok"
+
+    serve.run(Floor.bind(), name="floor", route_prefix="/floor")
+    base = f"http://127.0.0.1:{port}"
+    paired: dict[str, list[float]] = {"direct": [], "http": [], "floor": [], "ingress_only": []}
+    try:
+        serve.run(build_app({"model": str(model), "num_replicas": 1, "max_batch_size": 1, "max_ongoing_requests": 8,
+                             "max_queued_requests": 256, "batch_wait_timeout_s": 0.01,
+                             "num_threads": args.threads}), name="bench", route_prefix="/")
+        # Concurrency 1, interleaved, so that the in-process reference and the Serve path see
+        # the same machine (Ray's daemons are running for both).
+        with httpx.Client(timeout=120) as http:
+            calls = {
+                "direct": lambda i: direct.generate([GenerationRequest(
+                    prompt=BODY["prompt"], seed=i, num_inference_steps=4, height=64, width=64)]),
+                "http": lambda i: http.post(f"{base}/v1/images/generations", json={**BODY, "seed": i}),
+                "floor": lambda i: http.get(f"{base}/floor"),
+                "ingress_only": lambda i: http.get(f"{base}/v1/models"),
+            }
+            for i in range(args.paired + 5):
+                for name, call in calls.items():
+                    t0 = time.perf_counter()
+                    call(i)
+                    if i >= 5:  # warm-up
+                        paired[name].append(time.perf_counter() - t0)
+        serve.delete("bench")
+    except BaseException:
+        serve.shutdown()
+        ray.shutdown()
+        raise
+    p50 = {k: 1000 * statistics.median(v) for k, v in paired.items()}
+    direct_p50 = p50["direct"]
+    print(f"c=1, interleaved: direct {p50['direct']:.1f} ms, HTTP {p50['http']:.1f} ms, "
+          f"Serve floor {p50['floor']:.1f} ms, proxy+ingress (GET /v1/models) {p50['ingress_only']:.1f} ms", flush=True)
     rows = []
     try:
-        for batch in (1, 8):
+        # Rounds alternate the order of the two batch sizes, so drift on the shared machine
+        # does not favour one of them.
+        for rnd, batch in [(r, b) for r in range(args.rounds) for b in ((1, 8) if r % 2 == 0 else (8, 1))]:
+            # Two batches' worth in flight per replica (the app's default ratio): the next batch
+            # waits inside the replica, not in the caller's router, which polls a full replica.
             serve.run(build_app({"model": str(model), "num_replicas": 1, "max_batch_size": batch,
-                                 "max_ongoing_requests": max(8, batch), "max_queued_requests": 256,
+                                 "max_ongoing_requests": max(8, 2 * batch), "max_queued_requests": 256,
                                  "batch_wait_timeout_s": 0.01, "num_threads": args.threads}),
                       name="bench", route_prefix="/")
             url = f"http://127.0.0.1:{port}/v1/images/generations"
@@ -115,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             for c in levels:
                 r = load(url, c, max(args.requests_per_level, 2 * c), args.max_seconds)
                 r["max_batch_size"] = batch
+                r["round"] = rnd
                 rows.append(r)
                 print(f"batch {batch} c={c}: {r['throughput_rps']:.1f} req/s p50 {r['p50_ms']:.1f} ms "
                       f"errors {r['errors']}", flush=True)
@@ -123,18 +165,22 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
 
-    c1 = next(r for r in rows if r["max_batch_size"] == 1 and r["concurrency"] == 1)
-    overhead = c1["p50_ms"] - direct_p50
-    def at16(b):
-        return next((r["throughput_rps"] for r in rows if r["max_batch_size"] == b and r["concurrency"] == 16), None)
-    gain = at16(8) / at16(1) if at16(1) and at16(8) else None
-    print(table(rows, ["max_batch_size", "concurrency", "requests", "errors", "throughput_rps", "p50_ms", "p95_ms",
-                       "p99_ms"]))
-    print(f"direct DiffusionWorker.generate p50: {direct_p50:.1f} ms; Serve p50 overhead at c=1: {overhead:.1f} ms")
+    overhead = p50["http"] - direct_p50
+    def mean_rps(b: int, c: int) -> float | None:
+        xs = [r["throughput_rps"] for r in rows if r["max_batch_size"] == b and r["concurrency"] == c]
+        return sum(xs) / len(xs) if xs else None
+
+    gain = mean_rps(8, 16) / mean_rps(1, 16) if mean_rps(1, 16) and mean_rps(8, 16) else None
+    print(table(rows, ["round", "max_batch_size", "concurrency", "requests", "errors", "throughput_rps", "p50_ms",
+                       "p95_ms", "p99_ms"]))
+    print(f"direct DiffusionWorker.generate p50: {direct_p50:.1f} ms; Serve p50 overhead at c=1: {overhead:.1f} ms "
+          f"(Serve's own floor for an empty request here: {p50['floor']:.1f} ms)")
     if gain:
         print(f"batched (8) / unbatched throughput at concurrency 16: {gain:.2f}x")
     path = save("serving", {"args": vars(args), "rows": rows, "direct_p50_ms": direct_p50,
-                            "overhead_p50_ms": overhead, "batching_gain_c16": gain})
+                            "overhead_p50_ms": overhead, "batching_gain_c16": gain,
+                            "paired_p50_ms": p50, "serve_floor_p50_ms": p50["floor"],
+                            "proxy_ingress_p50_ms": p50["ingress_only"]})
 
     import matplotlib
 
@@ -143,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for batch, style in ((1, "o-"), (8, "s-")):
-        rs = [r for r in rows if r["max_batch_size"] == batch]
-        a.plot([r["concurrency"] for r in rs], [r["throughput_rps"] for r in rs], style, label=f"max_batch_size {batch}")
-        b.plot([r["concurrency"] for r in rs], [r["p50_ms"] for r in rs], style, label=f"p50, batch {batch}")
-        b.plot([r["concurrency"] for r in rs], [r["p99_ms"] for r in rs], style, alpha=0.4, label=f"p99, batch {batch}")
+        def mean(key: str, c: int, batch: int = batch) -> float:
+            xs = [r[key] for r in rows if r["max_batch_size"] == batch and r["concurrency"] == c]
+            return sum(xs) / len(xs)
+
+        a.plot(levels, [mean("throughput_rps", c) for c in levels], style, label=f"max_batch_size {batch}")
+        b.plot(levels, [mean("p50_ms", c) for c in levels], style, label=f"p50, batch {batch}")
+        b.plot(levels, [mean("p99_ms", c) for c in levels], style, alpha=0.4, label=f"p99, batch {batch}")
     for ax in (a, b):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
@@ -154,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     a.set_ylabel("requests/s")
     b.set_ylabel("latency (ms)")
     b.set_yscale("log")
-    fig.suptitle("Serve, tiny pipeline 64x64 / 4 steps, 1 CPU replica")
+    fig.suptitle(f"Serve, tiny pipeline 64x64 / 4 steps, 1 CPU replica (mean of {args.rounds} round(s))")
     fig.tight_layout()
     fig.savefig(plot_path("serving"), dpi=110)
     print(f"results: {path}")

@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=400)
     p.add_argument("--latency", type=float, default=0.05)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--call-target-s", type=float, default=None,
+                   help="the job's call_target_s (default: the job default; 0 = one micro-batch per call)")
     args = p.parse_args(argv)
 
     import ray
@@ -35,9 +37,11 @@ def main(argv: list[str] | None = None) -> int:
             for steal in ((True, False) if rnd % 2 == 0 else (False, True)):
                 out = f"/tmp/rd-bench-stragglers-{steal}"
                 shutil.rmtree(out, ignore_errors=True)
-                cfg = BatchJobConfig.from_flat({"model": model, "prompts": str(prompts), "output": out,
-                                                "num_workers": 4, "batch_size": 1, "steal": steal,
-                                                "height": 8, "width": 8, "steps": 1, "progress": False})
+                flat = {"model": model, "prompts": str(prompts), "output": out, "num_workers": 4, "batch_size": 1,
+                        "steal": steal, "height": 8, "width": 8, "steps": 1, "progress": False}
+                if args.call_target_s is not None:
+                    flat["call_target_s"] = args.call_target_s
+                cfg = BatchJobConfig.from_flat(flat)
                 s = run_job(cfg, echo=lambda *_: None).summary
                 rows.append({"round": rnd, "mode": "stealing" if steal else "static", "steady_s": s["steady_state_s"],
                              "images_per_s": s["steady_images_per_s"],

@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -140,16 +140,61 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(422, "; ".join(parts), first)
 
 
-@fastapi_app.middleware("http")
-async def _limit_body(request: Request, call_next: Any) -> Any:
-    if request.method == "POST":
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > _BODY_LIMIT["bytes"]:
-            return error_response(413, f"body: {declared} bytes; the limit is {_BODY_LIMIT['bytes']}", "body")
-        body = await request.body()
-        if len(body) > _BODY_LIMIT["bytes"]:
-            return error_response(413, f"body: {len(body)} bytes; the limit is {_BODY_LIMIT['bytes']}", "body")
-    return await call_next(request)
+class BodyLimitMiddleware:
+    """Refuse bodies over ``_BODY_LIMIT`` with 413 before FastAPI parses anything.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    costs ~2 ms per request on a small CPU, more than everything else the ingress does.
+    A declared Content-Length within the limit passes straight through (the HTTP server
+    enforces it); a chunked body is read up to the limit and replayed.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        limit = _BODY_LIMIT["bytes"]
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit():
+            if int(declared) > limit:
+                await self._refuse(int(declared), limit, scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > limit:
+                await self._refuse(size, limit, scope, receive, send, at_least=more)
+                return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(size: int, limit: int, scope: dict, receive: Any, send: Any, at_least: bool = False) -> None:
+        amount = f"more than {limit}" if at_least else str(size)
+        response = error_response(413, f"body: {amount} bytes; the limit is {limit}", "body")
+        await response(scope, receive, send)
+
+
+fastapi_app.add_middleware(BodyLimitMiddleware)
 
 
 def _load_api_key(cfg: ServeAppConfig) -> bytes | None:
@@ -278,9 +323,11 @@ class Ingress:
         data = [
             ImageData(b64_json=base64.b64encode(r.png).decode(), revised_prompt=r.prompt, seed=r.seed) for r in results
         ]
-        return ImagesResponse(
+        body = ImagesResponse(
             created=int(time.time()), data=data, seeds=[r.seed for r in results], model=self.cfg.served_model_name
         )
+        # Serialized once here; returning the model would have FastAPI validate it again.
+        return Response(body.model_dump_json(), media_type="application/json")
 
     @fastapi_app.get("/", response_class=HTMLResponse)
     async def playground(self) -> HTMLResponse:

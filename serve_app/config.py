@@ -73,7 +73,8 @@ class ServeAppConfig(FrozenConfig):
     batch_wait_timeout_s: float = 0.05
     """How long a batch waits to fill before it runs."""
     max_ongoing_requests: int = 8
-    """Requests in flight per model replica (must be >= max_batch_size so batches can fill)."""
+    """Requests in flight per model replica (must be >= max_batch_size so batches can fill; about
+    2x keeps the next batch waiting inside the replica instead of in the caller's router)."""
     max_queued_requests: int = 64
     """Requests queued per caller beyond that; the next one gets 503 with Retry-After."""
     retry_after_s: int = 2

@@ -66,6 +66,30 @@ def test_poison_item_is_retried_a_bounded_number_of_times_then_reported(ray_star
     assert_complete(out, [i for i in range(12) if i != 5])
 
 
+def test_grouped_calls_isolate_a_crashing_item_and_keep_a_failing_items_call_mates(ray_start, tmp_path):
+    prompts = tmp_path / "p.txt"
+    lines = [f"prompt {i}" for i in range(60)]
+    lines[9] = "prompt 9 FAIL"
+    lines[45] = "prompt 45 POISON"  # mid-shard of worker 1, when its calls carry ~10 micro-batches
+    prompts.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "o"
+    # 20 ms micro-batches, 0.2 s calls. No retries: an item charged with its call-mate's
+    # crash or error would be reported failed at once.
+    cfg = job(prompts, out, model="fake://?latency_s=0.02&crash_on=POISON&fail_on=FAIL", batch_size=1,
+              num_workers=2, call_target_s=0.2, max_item_retries=0, max_worker_restarts=10)
+    report = run_job(cfg, echo=lambda *_: None)
+    s = report.summary
+    assert s["worker_calls"] < s["images_generated"]  # calls did carry several micro-batches
+    assert report.exit_code == 1
+    failed = {f["index"]: f["errors"] for f in s["failed"]}
+    assert sorted(failed) == [9, 45]
+    assert len(failed[9]) == 1 and "fake backend failure" in failed[9][0]
+    assert len(failed[45]) == 1
+    # Two crashes: the grouped call (not charged to anyone), then the item alone.
+    assert s["worker_restarts"] == 2
+    assert_complete(out, [i for i in range(60) if i not in (9, 45)])
+
+
 # -- Serve ------------------------------------------------------------------------------------
 @pytest.fixture
 def serve_app_url(ray_start):

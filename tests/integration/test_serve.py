@@ -175,6 +175,17 @@ def test_oversized_body_is_refused(serve_url):
     assert r.status_code == 413 and r.json()["error"]["param"] == "body"
 
 
+def test_chunked_bodies_are_limited_too_and_pass_through_when_small(serve_url):
+    url = serve_url + "/v1/images/generations"
+    big = iter([b'{"prompt": "', b"x" * 70000, b'"}'])  # no Content-Length: chunked
+    r = httpx.post(url, content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["param"] == "body"
+    small = iter([b'{"prompt": "a chunked ', b'request", "size": "32x32", "num_inference_steps": 2}'])
+    r = httpx.post(url, content=small, headers={"content-type": "application/json"}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["revised_prompt"] == "a chunked request"
+
+
 def test_batch_job_through_serve_matches_the_standalone_job(serve_url, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(f"serve prompt {i}" for i in range(6)) + "\n")

@@ -1,4 +1,4 @@
-from batch.scheduler import Unit, WorkQueue
+from batch.scheduler import Unit, WorkQueue, group_limit
 from ray_diffusion.sharding import shard_prompts
 
 
@@ -83,3 +83,50 @@ def test_added_worker_steals():
     q = WorkQueue(units(4), 1)
     w = q.add_worker()
     assert q.next_for(w).uid == 3
+
+
+def test_groups_take_units_in_next_for_order():
+    q = WorkQueue(units(12), 2)  # shards 0-5, 6-11
+    assert [u.uid for u in q.next_group(0, 4)] == [0, 1, 2, 3]
+    assert [u.uid for u in q.next_group(1, 6)] == [6, 7, 8, 9, 10, 11]
+    # worker 1 is out of its shard: it steals from the tail of shard 0
+    assert [u.uid for u in q.next_group(1, 3)] == [5, 4]
+    assert q.next_group(0, 3) == [] and q.queued() == 0
+
+
+def test_isolated_unit_always_goes_alone():
+    q = WorkQueue(units(6), 1)
+    first = q.next_group(0, 3)
+    for u in first:
+        q.requeue(u, isolate=True)  # their call crashed its worker
+    got = [[u.uid for u in q.next_group(0, 3)] for _ in range(3)]
+    assert got == [[0], [1], [2]]
+    assert [u.uid for u in q.next_group(0, 3)] == [3, 4, 5]
+
+
+def test_group_stops_before_an_isolated_unit():
+    us = units(4)
+    q = WorkQueue(us, 1)
+    q.next_group(0, 4)
+    q.requeue(us[0])
+    q.requeue(us[1], isolate=True)
+    q.requeue(us[2])
+    assert [u.uid for u in q.next_group(0, 4)] == [0]
+    assert [u.uid for u in q.next_group(0, 4)] == [1]
+    assert [u.uid for u in q.next_group(0, 4)] == [2]
+
+
+def test_group_limit_fills_the_target_then_shrinks_for_the_tail():
+    # 0.1 s micro-batches, 0.5 s calls: 5 per call while plenty is queued
+    assert group_limit(0.5, 0.1, 32, queued=1000, workers=4, calls_per_worker=2) == 5
+    assert group_limit(0.5, 0.001, 32, queued=10_000, workers=4, calls_per_worker=2) == 32  # capped
+    # near the end: 8 calls share 48 micro-batches, 6 each, and take half of that
+    assert group_limit(0.5, 0.1, 32, queued=48, workers=4, calls_per_worker=2) == 3
+    assert group_limit(0.5, 0.1, 32, queued=20, workers=4, calls_per_worker=2) == 1
+
+
+def test_group_limit_is_one_when_off_untimed_or_slow():
+    assert group_limit(0.0, 0.1, 32, 1000, 4, 2) == 1  # call_target_s = 0
+    assert group_limit(0.5, None, 32, 1000, 4, 2) == 1  # nothing timed yet
+    assert group_limit(0.5, 2.0, 32, 1000, 4, 2) == 1  # a micro-batch alone exceeds the target
+    assert group_limit(0.5, 0.1, 1, 1000, 4, 2) == 1  # Serve fleet: one per call
